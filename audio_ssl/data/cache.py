@@ -1,0 +1,213 @@
+"""On-disk cache of decoded audio: every file is decoded, mixed to mono and resampled exactly once.
+
+The cache for a list of files is a pair of files in ``cache_dir``:
+
+- ``<name>-<sr>hz-<key>.f16.npy``: all clips concatenated into one flat float16 array (2 bytes per
+  sample; float16 keeps ~66 dB of relative precision at any level, which is far below what a log-mel
+  front end resolves, and it cannot clip like int16 can after resampling);
+- ``<name>-<sr>hz-<key>.json``: the index (file names, offsets, lengths, skipped files and why).
+
+``key`` hashes the file list (path, size, modification time), the sample rate and the cache version,
+so a changed file list or parameter builds a new cache while every fold and run over the same files
+shares one. Both files are written to temporary names and renamed into place (the index last), so a
+crashed build never leaves a cache that looks complete. Workers open the array memory-mapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from audio_ssl.data.audio import AudioDecodeError, decode_audio
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$AUDIO_SSL_CACHE`` or ``~/.cache/audio-ssl/waveforms``."""
+    env = os.environ.get("AUDIO_SSL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "audio-ssl" / "waveforms"
+
+
+def cache_key(files: Sequence[str | os.PathLike], sample_rate: int) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|sr={sample_rate}|".encode())
+    for f in files:
+        st = os.stat(f)
+        digest.update(f"{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decode_one(args: tuple[str, int]) -> tuple[str, np.ndarray | None, str | None]:
+    path, sample_rate = args
+    try:
+        return path, decode_audio(path, sample_rate, mono=True).astype(np.float16), None
+    except AudioDecodeError as err:
+        return path, None, str(err)
+
+
+class WaveformCache:
+    """Random access to the cached clips of one file list (memory-mapped, opened lazily per process)."""
+
+    def __init__(self, data_path: Path, index: dict):
+        self.data_path = Path(data_path)
+        self.files: list[str] = index["files"]
+        self.offsets = np.asarray(index["offsets"], dtype=np.int64)
+        self.lengths = np.asarray(index["lengths"], dtype=np.int64)
+        self.sample_rate: int = index["sample_rate"]
+        self.skipped: dict[str, str] = index.get("skipped", {})
+        self._position = {f: i for i, f in enumerate(self.files)}
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getstate__(self) -> dict:  # do not ship the memory map to workers; each one reopens it
+        state = self.__dict__.copy()
+        state["_array"] = None
+        return state
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.data_path, mmap_mode="r")
+        return self._array
+
+    def position(self, file: str | os.PathLike) -> int:
+        try:
+            return self._position[os.path.abspath(file)]
+        except KeyError:
+            raise KeyError(f"{file} is not in the waveform cache {self.data_path}") from None
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """The whole clip ``i`` as a float16 view into the memory map."""
+        start = self.offsets[i]
+        return self.array[start : start + self.lengths[i]]
+
+    def segment(self, i: int, start: int, length: int) -> np.ndarray:
+        """``length`` samples of clip ``i`` from ``start`` (clipped to the clip), as float32."""
+        start = max(0, min(int(start), int(self.lengths[i])))
+        stop = min(start + length, int(self.lengths[i]))
+        base = self.offsets[i]
+        return np.asarray(self.array[base + start : base + stop], dtype=np.float32)
+
+    @classmethod
+    def build(
+        cls,
+        files: Sequence[str | os.PathLike],
+        sample_rate: int,
+        cache_dir: str | os.PathLike | None = None,
+        name: str = "audio",
+        skip_bad_files: bool = False,
+        num_workers: int | None = None,
+        progress: bool = True,
+    ) -> WaveformCache:
+        """Open the cache for ``files``, building it first if it does not exist yet.
+
+        With ``skip_bad_files`` a file that fails to decode is logged with the reason and left out
+        (listed in :attr:`skipped`); otherwise the first bad file raises :class:`AudioDecodeError`.
+        """
+        if not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        files = [os.path.abspath(f) for f in files]
+        for f in files:
+            if not os.path.isfile(f):
+                raise AudioDecodeError(f"{f}: file listed in the metadata does not exist")
+        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        stem = f"{name}-{sample_rate}hz-{cache_key(files, sample_rate)}"
+        data_path, index_path = cache_dir / f"{stem}.f16.npy", cache_dir / f"{stem}.json"
+        if index_path.exists() and data_path.exists():
+            index = json.loads(index_path.read_text())
+            cache = cls(data_path, index)
+            cache._report_skipped(skip_bad_files)
+            return cache
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+        clips: dict[str, np.ndarray] = {}
+        skipped: dict[str, str] = {}
+        jobs = [(f, sample_rate) for f in files]
+        bar = tqdm(total=len(jobs), desc=f"decoding {name} at {sample_rate} Hz", unit="file", disable=not progress)
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                results = pool.map(_decode_one, jobs, chunksize=16)
+                for path, wave, err in results:
+                    cls._collect(path, wave, err, clips, skipped, skip_bad_files)
+                    bar.update()
+        else:
+            for job in jobs:
+                cls._collect(*_decode_one(job), clips, skipped, skip_bad_files)
+                bar.update()
+        bar.close()
+
+        kept = [f for f in files if f in clips]
+        lengths = np.array([len(clips[f]) for f in kept], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if kept else lengths
+        flat = np.concatenate([clips[f] for f in kept]) if kept else np.zeros(0, np.float16)
+        index = {
+            "version": CACHE_VERSION,
+            "sample_rate": sample_rate,
+            "files": kept,
+            "offsets": offsets.tolist(),
+            "lengths": lengths.tolist(),
+            "skipped": skipped,
+        }
+        _atomic_save_npy(data_path, flat)
+        _atomic_write_text(index_path, json.dumps(index))
+        cache = cls(data_path, index)
+        cache._report_skipped(skip_bad_files)
+        return cache
+
+    @staticmethod
+    def _collect(path, wave, err, clips, skipped, skip_bad_files) -> None:
+        if err is None:
+            clips[path] = wave
+        elif skip_bad_files:
+            log.warning("skipping bad audio file: %s", err)
+            skipped[path] = err
+        else:
+            raise AudioDecodeError(f"{err} (set skip_bad_files=True to leave bad files out instead)")
+
+    def _report_skipped(self, skip_bad_files: bool) -> None:
+        if self.skipped and not skip_bad_files:
+            first = next(iter(self.skipped.items()))
+            raise AudioDecodeError(
+                f"the cache at {self.data_path} was built with skip_bad_files=True and leaves out "
+                f"{len(self.skipped)} file(s), e.g. {first[1]}; fix them or pass skip_bad_files=True"
+            )
+        if self.skipped:
+            for reason in self.skipped.values():
+                log.warning("skipped bad audio file: %s", reason)
+            log.warning("%d bad audio file(s) skipped in total", len(self.skipped))
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

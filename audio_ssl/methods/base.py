@@ -1,0 +1,161 @@
+"""The base every method stands on: the on-device front end, optimizer groups and schedules, the online
+linear probe, the kNN monitor and grouped metric names (``train/...``, ``val/...``, ``test/...``)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audio_ssl.evaluation.knn import knn_predict
+from audio_ssl.features.logmel import LogMelSpectrogram
+from audio_ssl.utils.distributed import all_gather_no_grad
+from audio_ssl.utils.optim import build_optimizer, build_scheduler, split_decay
+
+
+class BaseMethod(L.LightningModule):
+    """Shared machinery; subclasses define ``training_step`` and what the encoder is.
+
+    Batches arrive from the data workers as raw waveforms (``batch["audio"]``, [B, T]). After the
+    transfer to the device, :meth:`on_after_batch_transfer` calls :meth:`train_transform` (training)
+    or :meth:`eval_transform` (everything else), which compute features and batch augmentations on
+    the accelerator. The default :meth:`eval_transform` adds ``batch["spec"]`` = the front end's output.
+
+    Optimisation: :meth:`parameter_groups` lists the groups (subclasses add e.g. an encoder group
+    with its own learning rate); ``lr`` is scaled by ``global_batch / 256`` when
+    ``scale_lr_with_batch``. Schedules are stepped every optimizer step.
+
+    Monitors for self-supervised methods (labels never reach the encoder): ``online_probe`` trains a
+    linear classifier on detached embeddings in its own parameter group; ``knn_k > 0`` reports a
+    weighted kNN accuracy on the validation set each epoch, using the embeddings of that epoch's
+    training batches as the memory bank.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 50,
+        sample_rate: int = 16000,
+        frontend: nn.Module | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        momentum: float = 0.9,
+        scheduler: str = "cosine",
+        max_lr: float | None = None,
+        warmup_fraction: float = 0.1,
+        scale_lr_with_batch: bool = False,
+        online_probe: bool = False,
+        probe_lr: float = 1e-3,
+        knn_k: int = 0,
+        knn_temperature: float = 0.07,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.sample_rate = sample_rate
+        self.frontend = frontend if frontend is not None else LogMelSpectrogram(sample_rate=sample_rate)
+        frontend_rate = getattr(self.frontend, "sample_rate", sample_rate)
+        if frontend_rate != sample_rate:
+            raise ValueError(
+                f"the front end expects {frontend_rate} Hz audio but the data is at sample_rate={sample_rate}: "
+                "set model.init_args.frontend.init_args.sample_rate to the data's rate"
+            )
+        self.optimizer_name, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
+        self.scheduler_name, self.max_lr, self.warmup_fraction = scheduler, max_lr, warmup_fraction
+        self.scale_lr_with_batch = scale_lr_with_batch
+        self.probe_lr = probe_lr
+        self.use_online_probe = online_probe
+        self.online_probe: nn.Linear | None = None
+        self.knn_k, self.knn_temperature = knn_k, knn_temperature
+        self._knn_bank: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._knn_val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ features on the device
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        return self.train_transform(batch) if self.training else self.eval_transform(batch)
+
+    def train_transform(self, batch: dict) -> dict:
+        return self.eval_transform(batch)
+
+    def eval_transform(self, batch: dict) -> dict:
+        batch["spec"] = self.frontend(batch["audio"])
+        return batch
+
+    # ------------------------------------------------------------------ monitors
+    def setup_online_probe(self, embedding_dim: int) -> None:
+        """Subclasses call this once they know the embedding size."""
+        if self.use_online_probe and self.num_classes:
+            self.online_probe = nn.Linear(embedding_dim, self.num_classes)
+
+    def online_probe_step(self, embeddings: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
+        """Cross-entropy of the probe on detached embeddings (0 when the probe is off)."""
+        if self.online_probe is None:
+            return embeddings.new_zeros(())
+        logits = self.online_probe(embeddings.detach())
+        loss = F.cross_entropy(logits, labels)
+        acc = (logits.argmax(1) == labels).float().mean()
+        self.log_metrics(stage, {"online_probe_loss": loss, "online_probe_acc": acc}, batch_size=len(labels))
+        return loss
+
+    def knn_collect(self, embeddings: torch.Tensor, labels: torch.Tensor, stage: str) -> None:
+        if self.knn_k <= 0:
+            return
+        target = self._knn_bank if stage == "train" else self._knn_val
+        target.append((embeddings.detach().float(), labels.detach()))
+
+    def on_train_epoch_start(self) -> None:
+        self._knn_bank.clear()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.knn_k > 0 and self._knn_bank and self._knn_val:
+            bank_x = all_gather_no_grad(torch.cat([x for x, _ in self._knn_bank]))
+            bank_y = all_gather_no_grad(torch.cat([y for _, y in self._knn_bank]))
+            val_x = torch.cat([x for x, _ in self._knn_val])
+            val_y = torch.cat([y for _, y in self._knn_val])
+            scores = knn_predict(bank_x, bank_y, val_x, self.num_classes, self.knn_k, self.knn_temperature)
+            correct = (scores.argmax(1) == val_y).float()
+            self.log("val/knn_acc", correct.mean(), sync_dist=True, batch_size=len(val_y))
+        self._knn_val.clear()
+
+    # ------------------------------------------------------------------ logging
+    def log_metrics(self, stage: str, metrics: dict, batch_size: int, **kwargs) -> None:
+        """Log ``{stage}/{name}``; per step in training, epoch means (synced across ranks) elsewhere."""
+        on_step = stage == "train"
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in metrics.items()},
+            on_step=on_step, on_epoch=True, prog_bar=kwargs.pop("prog_bar", False),
+            sync_dist=not on_step, batch_size=batch_size, **kwargs,
+        )
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_groups(self) -> list[dict]:
+        """Every trainable parameter except the online probe, at ``lr``; biases/norms without decay."""
+        probe_ids = {id(p) for p in self.online_probe.parameters()} if self.online_probe is not None else set()
+        main = nn.ParameterList([p for p in self.parameters() if id(p) not in probe_ids])
+        return [dict(g, name="main") for g in split_decay(main, self.weight_decay)]
+
+    def effective_lr(self, lr: float) -> float:
+        if not self.scale_lr_with_batch or self._trainer is None:
+            return lr
+        global_batch = self.trainer.world_size * self.trainer.accumulate_grad_batches * self._train_batch_size()
+        return lr * global_batch / 256
+
+    def _train_batch_size(self) -> int:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return int(getattr(datamodule, "batch_size", 256))
+
+    def configure_optimizers(self):
+        groups = self.parameter_groups()
+        for g in groups:
+            g["lr"] = self.effective_lr(g.get("lr", self.lr))
+        if self.online_probe is not None:
+            groups.append({"name": "online_probe", "params": list(self.online_probe.parameters()),
+                           "lr": self.probe_lr, "weight_decay": 0.0, "lars_exclude": True})
+        optimizer = build_optimizer(self.optimizer_name, groups, self.effective_lr(self.lr), self.weight_decay,
+                                    self.momentum)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1000
+        max_lr = self.effective_lr(self.max_lr) if self.max_lr is not None else None
+        scheduler = build_scheduler(self.scheduler_name, optimizer, total, self.warmup_fraction, max_lr)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

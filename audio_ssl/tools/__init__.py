@@ -1,0 +1,1 @@
+"""Command-line tools beyond the Lightning CLI subcommands (demo, cross-validation, results, ...)."""

@@ -1,0 +1,120 @@
+"""Optimizers and per-step learning-rate schedules shared by every method."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017), as used by SimCLR.
+
+    Each parameter's update is scaled by ``eta * ||w|| / (||g|| + weight_decay * ||w||)``. Groups with
+    ``lars_exclude=True`` (biases and norm layers, by convention) get plain SGD with momentum.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                                      lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if not group["lars_exclude"]:
+                    if group["weight_decay"]:
+                        grad = grad.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                                        torch.ones_like(w_norm))
+                    grad = grad * trust
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = grad.clone()
+                else:
+                    buf.mul_(group["momentum"]).add_(grad)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+def split_decay(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights with ``weight_decay``, and biases + norm parameters (1-D) without it."""
+    decay, no_decay = [], []
+    for param in module.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+    return groups
+
+
+def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9):
+    """``adamw``, ``adam``, ``sgd`` or ``lars`` over parameter groups (each may set its own ``lr``)."""
+    name = name.lower()
+    if name == "adamw":
+        groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer={name!r} is not one of adamw, adam, sgd, lars")
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, final_fraction: float = 0.0):
+    """LambdaLR factor: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to ``final_fraction``."""
+    total_steps = max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_scheduler(name: str, optimizer, total_steps: int, warmup_fraction: float = 0.1,
+                    max_lr: float | list[float] | None = None):
+    """A per-step schedule: ``onecycle`` (peaks at ``max_lr``, default 4x each group's lr), ``cosine``
+    (linear warm-up then cosine to zero), ``constant`` or ``none`` (returns None)."""
+    name = name.lower()
+    if name in ("none", "constant"):
+        return None
+    if name == "onecycle":
+        base = [g["lr"] for g in optimizer.param_groups]
+        if max_lr is None:
+            peaks = [4 * b for b in base]
+        elif isinstance(max_lr, (list, tuple)):
+            peaks = list(max_lr)
+        else:
+            # One peak for the main group; other groups keep their ratio to the main group's lr.
+            peaks = [max_lr * b / base[0] for b in base]
+        div = [p / b for p, b in zip(peaks, base)]
+        if len(set(round(d, 9) for d in div)) != 1:
+            raise ValueError(f"onecycle needs the same max_lr/lr ratio in every group, got {div}")
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=peaks, total_steps=max(2, total_steps), pct_start=warmup_fraction,
+            div_factor=div[0], anneal_strategy="cos",
+        )
+    if name == "cosine":
+        warmup = round(warmup_fraction * total_steps)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
+    raise ValueError(f"scheduler={name!r} is not one of onecycle, cosine, constant, none")

@@ -1,0 +1,35 @@
+"""Shared fixtures: small generated datasets (never real data), offline W&B, a per-session cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def esc50_root(tmp_path_factory):
+    """A synthetic dataset in the official ESC-50 layout: 5 classes x 10 clips of 1 s, 5 folds."""
+    from audio_ssl.data.synthetic import make_synthetic_esc50
+
+    root = tmp_path_factory.mktemp("esc50")
+    make_synthetic_esc50(root, num_classes=5, clips_per_class=10, sample_rate=16000, seconds=1.0, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("waveform-cache")
+
+
+@pytest.fixture(scope="session")
+def us8k_root(tmp_path_factory):
+    """A synthetic UrbanSound8K in the official layout with every format the real set has."""
+    from audio_ssl.data.synthetic import make_synthetic_urbansound8k
+
+    root = tmp_path_factory.mktemp("us8k")
+    make_synthetic_urbansound8k(root, seed=0)
+    return root
