@@ -81,6 +81,13 @@ class BaseMethod(L.LightningModule):
         batch["spec"] = self.frontend(batch["audio"])
         return batch
 
+    def embed(self, audio: torch.Tensor) -> torch.Tensor:
+        """Clip embeddings [B, D] from raw waveforms [B, T], without augmentation: what probes and kNN use.
+
+        Methods whose encoder is not ``self.encoder`` applied to ``self.frontend`` override this.
+        """
+        return self.encoder(self.frontend(audio))
+
     # ------------------------------------------------------------------ monitors
     def setup_online_probe(self, embedding_dim: int) -> None:
         """Subclasses call this once they know the embedding size."""

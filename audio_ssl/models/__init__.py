@@ -1,0 +1,6 @@
+"""Encoders and heads."""
+
+from audio_ssl.models.heads import ClassificationHead, ProjectionHead
+from audio_ssl.models.resnet import RESNET_PRESETS, AudioResNet, BasicBlock
+
+__all__ = ["RESNET_PRESETS", "AudioResNet", "BasicBlock", "ClassificationHead", "ProjectionHead"]

@@ -1,0 +1,65 @@
+"""Small helpers around ``torch.distributed`` that degrade to identities in a single process.
+
+Gathering with gradients
+------------------------
+Contrastive losses need the embeddings of *all* processes as negatives, and the gradient of a
+negative must flow back to the process that produced it. :func:`gather_with_grad` relies on
+:func:`torch.distributed.nn.functional.all_gather`, whose backward pass sums the incoming gradients
+of every rank and hands each rank the slice that belongs to its own input (a reduce-scatter on
+NCCL, an all-to-all followed by a sum on Gloo). That is exactly the gradient of
+``sum_over_ranks(loss_r)`` w.r.t. the local input, so no custom ``autograd.Function`` is needed.
+
+Note that ``torch.distributed.all_gather`` (without ``.nn``) returns tensors that are cut off from
+the graph; :func:`all_gather_no_grad` uses it on purpose for metrics and evaluation features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+__all__ = ["is_dist", "world_size", "rank", "gather_with_grad", "all_gather_no_grad"]
+
+
+def is_dist() -> bool:
+    """Whether ``torch.distributed`` is available and a default process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Number of processes in the default group (1 when not distributed)."""
+    return dist.get_world_size() if is_dist() else 1
+
+
+def rank() -> int:
+    """Rank of this process in the default group (0 when not distributed)."""
+    return dist.get_rank() if is_dist() else 0
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gather ``x`` along dim 0 from every rank, keeping the autograd graph.
+
+    The result is ``torch.cat([x_rank0, x_rank1, ...], dim=0)``. In the backward pass the
+    gradients that all ranks computed for the gathered tensor are summed and each rank receives
+    the slice of its own ``x``. Every rank must pass a tensor of the same shape.
+
+    Single process (or world size 1): returns ``x`` unchanged.
+    """
+    if world_size() == 1:
+        return x
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+@torch.no_grad()
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gather ``x`` along dim 0 without gradients (for metrics, features, labels).
+
+    Every rank must pass a tensor of the same shape. Single process: returns ``x.detach()``.
+    """
+    if world_size() == 1:
+        return x.detach()
+    x = x.detach().contiguous()
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x)
+    return torch.cat(out, dim=0)
