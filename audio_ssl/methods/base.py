@@ -49,6 +49,7 @@ class BaseMethod(L.LightningModule):
         probe_lr: float = 1e-3,
         knn_k: int = 0,
         knn_temperature: float = 0.07,
+        init_encoder_from: str | None = None,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -67,8 +68,27 @@ class BaseMethod(L.LightningModule):
         self.use_online_probe = online_probe
         self.online_probe: nn.Linear | None = None
         self.knn_k, self.knn_temperature = knn_k, knn_temperature
+        self.init_encoder_from = init_encoder_from
         self._knn_bank: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._knn_val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ initialisation from a pretraining run
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.init_encoder_from:
+            self.load_encoder_weights(self.init_encoder_from)
+
+    def load_encoder_weights(self, checkpoint: str) -> None:
+        """Copy ``encoder.*`` weights from a Lightning checkpoint of another method (e.g. a SimCLR run) into
+        ``self.encoder``; every encoder key must match. On resume, Lightning restores the checkpoint after this."""
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        encoder_state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        if not encoder_state:
+            raise ValueError(f"{checkpoint}: no 'encoder.*' weights in this checkpoint")
+        missing, unexpected = self.encoder.load_state_dict(encoder_state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{checkpoint}: encoder weights do not match this encoder; missing {sorted(missing)}, "
+                             f"unexpected {sorted(unexpected)}")
 
     # ------------------------------------------------------------------ features on the device
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

@@ -106,3 +106,18 @@ def test_parameter_groups_exclude_norms_from_weight_decay():
     assert n_params == len([p for p in model.parameters() if p.requires_grad])
     no_decay = next(g for g in groups if g["weight_decay"] == 0.0)
     assert all(p.ndim == 1 for p in no_decay["params"])
+
+
+def test_init_encoder_from_checkpoint(tmp_path):
+    source = tiny_model()
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "pre.ckpt")
+    target = tiny_model(init_encoder_from=str(tmp_path / "pre.ckpt"))
+    torch.manual_seed(1)
+    target.encoder.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    target.setup("fit")
+    for (name, a), b in zip(source.encoder.state_dict().items(), target.encoder.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    other = tiny_model(encoder=AudioResNet(arch="resnet10", widths=(8, 16, 16, 32)),
+                       init_encoder_from=str(tmp_path / "pre.ckpt"))
+    with pytest.raises(ValueError, match="do not match this encoder; missing .*unexpected"):
+        other.setup("fit")
