@@ -51,6 +51,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AudioSSLCLI:
 
 TOOLS = {
     "demo": "audio_ssl.tools.demo",
+    "classify": "audio_ssl.tools.predict",
 }
 
 
