@@ -5,7 +5,9 @@ data module by ``class_path``. The number of classes is linked from the data mod
 a ``ModelCheckpoint`` (best + last, fixed directory) is always present, so ``--ckpt_path last``
 resumes an interrupted run.
 
-Project tools (own argument parsers): ``audio-ssl demo`` (synthetic data, end to end).
+Project tools (own argument parsers): ``demo`` (synthetic data, end to end), ``cv`` (k-fold cross-validation),
+``results`` (Markdown table of CV summaries), ``probe`` (linear probe on a checkpoint), ``classify`` (any audio
+files), ``make-beats-checkpoint``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AudioSSLCLI:
 TOOLS = {
     "demo": "audio_ssl.tools.demo",
     "classify": "audio_ssl.tools.predict",
+    "make-beats-checkpoint": "audio_ssl.tools.make_beats_checkpoint",
+    "cv": "audio_ssl.tools.cv",
+    "results": "audio_ssl.tools.results",
+    "probe": "audio_ssl.evaluation.probe",
 }
 
 

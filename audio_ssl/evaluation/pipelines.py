@@ -1,0 +1,183 @@
+"""Pretrain-then-evaluate pipelines for ``audio-ssl cv``: ``pretrain_probe`` and ``pretrain_finetune``.
+
+Pipeline config format
+----------------------
+A pipeline config is a YAML with a top-level ``pipeline:`` key; paths are relative to the YAML's folder::
+
+    pipeline: pretrain_probe            # or pretrain_finetune
+    pretrain: simclr_cpu.yaml           # a Lightning YAML (any BaseMethod with embed(); labels only feed
+                                        #   its online-probe / kNN monitors, never the encoder)
+    pretrain_overrides: ["--trainer.max_epochs", "100"]   # optional, extra CLI args for pretraining
+    transductive: false                 # true: pretrain on every fold's audio, the test fold included;
+                                        #   results are marked "pretraining saw test-fold audio"
+    probe: linear_probe.yaml            # pretrain_probe: probe settings, a YAML path or an inline mapping
+                                        #   (see experiments/linear_probe.yaml); default settings if absent
+    finetune: supervised_cpu.yaml       # pretrain_finetune: the supervised Lightning YAML to fine-tune with
+                                        #   (its encoder must match the pretrained one)
+    finetune_overrides: []              # optional, extra CLI args for both fine-tuning runs
+
+``audio-ssl cv --config PIPELINE.yaml`` runs, for each held-out fold ``k`` (folder ``fold{k}/``):
+
+- ``pretrain/``: the pretraining YAML fitted with ``test_fold=k`` (its training set: the other folds, or every
+  fold when ``transductive``); weights in ``pretrain/final.ckpt``. The untrained model (the same config
+  instantiated with the config's ``seed_everything``, before any training) is kept as the random baseline.
+- ``pretrain_probe``: embeddings of the training folds and of fold ``k`` from ``module.embed`` (centre crops,
+  no augmentation, inference mode, cached in ``embeddings/``), then a logistic-regression probe trained on
+  the training folds and tested on fold ``k``, for the pretrained and the untrained encoder. Variants
+  ``pretrained`` and ``random_init``.
+- ``pretrain_finetune``: the ``finetune`` YAML fitted on the training folds and tested on fold ``k`` (final
+  weights) twice: from the pretrained encoder (``--model.init_args.init_encoder_from pretrain/final.ckpt``,
+  folder ``finetune_pretrained/``) and from random init (``finetune_random_init/``). Variants ``pretrained``
+  and ``random_init``.
+
+Run-level overrides (``audio-ssl cv --set``/trailing args) go to every Lightning run, after the stage's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from audio_ssl.evaluation.cross_validation import (
+    CONFIG_PATH_KEY,
+    OVERRIDES_KEY,
+    RUN_KEY,
+    TRANSDUCTIVE_NOTE,
+    dataset_info,
+    describe_encoder,
+    finish_wandb,
+    fit_and_test,
+    fit_stage,
+    lightning_args,
+    register_pipeline,
+    resolve_path,
+    resolved_config_text,
+)
+from audio_ssl.evaluation.fold import FoldOutput
+from audio_ssl.evaluation.probe import fold_groups, load_probe_config, probe_fold, resolve_device
+
+PIPELINE_KEYS = {
+    "pretrain_probe": {"pipeline", "pretrain", "pretrain_overrides", "transductive", "probe"},
+    "pretrain_finetune": {"pipeline", "pretrain", "pretrain_overrides", "transductive", "finetune",
+                          "finetune_overrides"},
+}
+RANDOM_METHOD = "none (random init)"
+
+
+def check_pipeline_config(config: dict, pipeline: str) -> None:
+    """Reject unknown keys (typos) and malformed entries, naming the file and the key."""
+    source = config.get(CONFIG_PATH_KEY, "<config>")
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in PIPELINE_KEYS[pipeline])
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown} for pipeline {pipeline}; "
+                         f"allowed: {sorted(PIPELINE_KEYS[pipeline])}")
+    for key in ("pretrain_overrides", "finetune_overrides"):
+        value = config.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+            raise ValueError(f"{source}: '{key}' must be a list of command-line arguments, got {value!r}")
+    if not isinstance(config.get("transductive", False), bool):
+        raise ValueError(f"{source}: 'transductive' must be true or false, got {config['transductive']!r}")
+
+
+@dataclass
+class Pretrained:
+    """The outcome of the pretraining stage of one fold."""
+
+    cli: object  # the Lightning CLI: .model (trained), .datamodule
+    untrained: object  # the same model as instantiated, before training
+    checkpoint: Path
+    epochs: int
+    wall_time_s: float
+    pretraining_data: str
+    transductive: bool
+    config_text: str
+
+
+def pretrain_stage(config: dict, fold: int, work_dir: Path) -> Pretrained:
+    """Fit the ``pretrain`` YAML with ``test_fold=fold`` (resumable), keeping a copy of the untrained model."""
+    path = resolve_path(config, "pretrain")
+    transductive = bool(config.get("transductive", False))
+    stage_dir = work_dir / "pretrain"
+    args = (lightning_args(path, fold, stage_dir, config[RUN_KEY], stage="pretrain")
+            + ["--data.init_args.transductive", "true" if transductive else "false"]
+            + [str(a) for a in config.get("pretrain_overrides", [])] + list(config.get(OVERRIDES_KEY, [])))
+    holder: dict = {}
+    start = time.perf_counter()
+    cli, epochs = fit_stage(args, stage_dir, before_fit=lambda c: holder.update(untrained=copy.deepcopy(c.model)))
+    dm = cli.datamodule
+    folds = [f for f in range(1, dm.num_folds + 1) if transductive or f not in {fold, dm.val_fold}]
+    data = f"{dm.dataset_name} folds {','.join(map(str, folds))}"
+    if transductive:
+        data += f" ({TRANSDUCTIVE_NOTE})"
+    return Pretrained(cli, holder["untrained"], stage_dir / "final.ckpt", epochs, time.perf_counter() - start, data,
+                      transductive, resolved_config_text(cli))
+
+
+@register_pipeline("pretrain_probe")
+def pretrain_probe(config: dict, fold: int, work_dir: Path) -> dict[str, FoldOutput]:
+    """Pretrain, then a linear probe on frozen embeddings of the pretrained and of the untrained encoder."""
+    check_pipeline_config(config, "pretrain_probe")
+    probe_config = load_probe_config(config.get("probe"), Path(config[CONFIG_PATH_KEY]).parent)
+    pre = pretrain_stage(config, fold, work_dir)
+    dm = pre.cli.datamodule
+    train_set = dm.split([f for f in range(1, dm.num_folds + 1) if f != fold], random_crop=False)
+    test_set = dm.split([fold], random_crop=False)
+    groups = fold_groups(dm, train_set)
+    data_info = dataset_info(dm)
+    method = type(pre.cli.model).__name__
+    outputs = {}
+    for variant, module in (("pretrained", pre.cli.model), ("random_init", pre.untrained)):
+        output = probe_fold(module, train_set, test_set, dm.num_classes, dm.class_names, probe_config, groups,
+                            work_dir / "embeddings", tag=f"{variant}-fold{fold}")
+        pretrained = variant == "pretrained"
+        output.info.update(data_info)
+        output.info.update({
+            "method": method if pretrained else RANDOM_METHOD,
+            "encoder": describe_encoder(module),
+            "pretraining_data": pre.pretraining_data if pretrained else "none",
+            "transductive": pre.transductive and pretrained,
+            "protocol": "linear probe (frozen encoder)",
+            "epochs": pre.epochs if pretrained else 0,
+            "wall_time_s": output.info["embed_time_s"] + output.info["probe_time_s"]
+            + (pre.wall_time_s if pretrained else 0.0),
+            "configs": {"pretrain": pre.config_text},
+            "random_init_seed": pre.cli.config.get("seed_everything"),
+            "device": str(resolve_device(probe_config.device)),
+        })
+        outputs[variant] = output
+    return outputs
+
+
+@register_pipeline("pretrain_finetune")
+def pretrain_finetune(config: dict, fold: int, work_dir: Path) -> dict[str, FoldOutput]:
+    """Pretrain, then fine-tune the ``finetune`` YAML from the pretrained encoder and from random init."""
+    check_pipeline_config(config, "pretrain_finetune")
+    finetune = resolve_path(config, "finetune")
+    pre = pretrain_stage(config, fold, work_dir)
+    finish_wandb()
+    method = type(pre.cli.model).__name__
+    outputs = {}
+    for variant in ("pretrained", "random_init"):
+        pretrained = variant == "pretrained"
+        stage_dir = work_dir / f"finetune_{variant}"
+        init = str(pre.checkpoint) if pretrained else "null"
+        args = (lightning_args(finetune, fold, stage_dir, config[RUN_KEY], stage=f"finetune-{variant}")
+                + [str(a) for a in config.get("finetune_overrides", [])]
+                + ["--model.init_args.init_encoder_from", init] + list(config.get(OVERRIDES_KEY, [])))
+        cli, output = fit_and_test(args, stage_dir, label=f"finetune_{variant}")
+        ft_epochs = output.info["epochs"]
+        output.info.update({
+            "method": method if pretrained else RANDOM_METHOD,
+            "pretraining_data": pre.pretraining_data if pretrained else "none",
+            "transductive": pre.transductive and pretrained,
+            "protocol": f"fine-tune ({type(cli.model).__name__})",
+            "epochs": f"{pre.epochs}+{ft_epochs}" if pretrained else ft_epochs,
+            "configs": {**({"pretrain": pre.config_text} if pretrained else {}), **output.info["configs"]},
+        })
+        if pretrained:
+            output.info["wall_time_s"] += pre.wall_time_s
+        outputs[variant] = output
+        finish_wandb()
+    return outputs

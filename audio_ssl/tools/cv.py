@@ -1,0 +1,73 @@
+"""``audio-ssl cv``: k-fold cross-validation of an experiment config over the dataset's official folds.
+
+    audio-ssl cv --config experiments/supervised_cpu.yaml [--folds 1,2,3,4,5] [--name NAME] [--out results]
+                 [--set trainer.max_epochs=3 ...] [--no-wandb] [extra Lightning CLI args, e.g. --trainer.max_epochs 3]
+    audio-ssl cv --analyze-only NAME [--out results]
+
+Writes ``<out>/<NAME>/`` (NAME defaults to the config's file name): ``folds.csv``, ``summary.json``,
+``predictions/``, ``analysis/`` and one ``fold{k}/`` folder per fold. Re-running the same command skips
+folds that already finished. Pipeline configs (``pipeline: pretrain_probe`` ...) are described in
+:mod:`audio_ssl.evaluation.pipelines`. W&B runs are offline unless ``WANDB_MODE`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from audio_ssl.evaluation.cross_validation import parse_set_overrides, run_cv
+
+
+def parse_folds(text: str) -> list[int]:
+    try:
+        folds = [int(f) for f in text.replace(" ", "").split(",") if f]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--folds {text!r}: expected comma-separated fold numbers, e.g. 1,2,3") from err
+    if not folds:
+        raise argparse.ArgumentTypeError("--folds is empty")
+    return folds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audio-ssl cv", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", help="a Lightning YAML or a pipeline YAML")
+    parser.add_argument("--folds", type=parse_folds, default=None, help="e.g. 1,2,3 (default: every fold)")
+    parser.add_argument("--name", default=None, help="run name (default: the config file's stem)")
+    parser.add_argument("--out", default="results", help="results root (default: %(default)s)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Lightning CLI override for every fold, e.g. trainer.max_epochs=3 (repeatable)")
+    parser.add_argument("--no-wandb", action="store_true", help="CSV logging only")
+    parser.add_argument("--no-analysis", action="store_true", help="skip the error analysis at the end")
+    parser.add_argument("--examples", type=int, default=8, help="clips per confidence gallery in the analysis")
+    parser.add_argument("--analyze-only", metavar="NAME", default=None,
+                        help="only (re)write <out>/NAME/analysis from the saved predictions")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.analyze_only:
+        from audio_ssl.evaluation.analysis import analyze_run
+
+        files = analyze_run(Path(args.out) / args.analyze_only, examples=args.examples)
+        print(f"analysis written to {Path(args.out) / args.analyze_only / 'analysis'} ({len(files)} variant(s))")
+        return
+    if not args.config:
+        parser.error("--config is required (or --analyze-only NAME)")
+    stray = [a for a in extra if a.startswith("--") and "." not in a and a not in ("--seed_everything", "--ckpt_path")]
+    if stray:
+        parser.error(f"unrecognised argument(s) {stray}: Lightning overrides look like --trainer.max_epochs 3")
+    overrides = parse_set_overrides(args.set) + extra
+    summary = run_cv(args.config, folds=args.folds, name=args.name, out=args.out, overrides=overrides,
+                     wandb=not args.no_wandb, analyze=not args.no_analysis, examples=args.examples)
+    from audio_ssl.evaluation.summary import results_table
+
+    print()
+    print(results_table([summary]))
+    messages = dict.fromkeys(v["bookkeeping"]["message"] for v in summary["variants"].values())
+    print(f"fold bookkeeping: {'; '.join(messages)}")
+    print(f"results in {Path(args.out) / summary['name']}")

@@ -1,0 +1,329 @@
+"""``audio-ssl classify``: class predictions for audio files and folders of any length, rate, channel count and format.
+
+    audio-ssl classify --checkpoint runs/x/checkpoints/last.ckpt --config experiments/supervised_cpu.yaml \\
+        recordings/ street.flac --timeline --format json --out predictions.json
+
+The model is rebuilt from the experiment YAML's ``model`` block (its ``sample_rate`` and the clip length
+from the ``data`` block) and its weights are loaded from the Lightning checkpoint. Every file is decoded
+with :func:`audio_ssl.data.audio.decode_audio` (mixed to mono, resampled to the model's rate); folders
+are searched recursively for audio files. A recording is scored in windows of the model's clip length
+(``--window-seconds``, default ``data.clip_seconds``) every ``--hop-seconds`` (default half a window),
+and its prediction is the mean of the windows' probabilities (see :mod:`audio_ssl.evaluation.windows`);
+recordings shorter than a window are zero-padded to one. ``--timeline`` adds each window's top-k.
+
+Probabilities come from the module's ``predict_proba(audio)`` when it has one (the supervised classifier,
+with its test-time augmentation), else from the softmax of ``forward(frontend(audio))``.
+
+A file that cannot be read is reported on stderr with the reason and gets an ``error`` value in the
+output; the other files are still classified, and the command exits with status 1.
+
+Output (``--format``, default from the ``--out`` suffix, else csv): CSV has one row per file
+(``segment=clip``) followed, with ``--timeline``, by one row per window (``segment=window``), with the
+columns ``file, segment, start, end, duration, windows, pred, pred_name, confidence, top{i}, top{i}_name,
+top{i}_prob, error`` (times in seconds). JSON is a list of objects per file: ``file, duration, windows,
+pred, pred_name, confidence, top_k: [{index, name, prob}], timeline: [{start, end, top_k}], error``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import yaml
+
+from audio_ssl.data.audio import AudioDecodeError, decode_audio
+from audio_ssl.evaluation.windows import score_long_audio
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "ClassifierBundle",
+    "classify_file",
+    "find_audio_files",
+    "load_classifier",
+    "main",
+    "read_label_file",
+    "write_predictions",
+]
+
+AUDIO_EXTENSIONS = frozenset(
+    {fmt.lower() for fmt in sf.available_formats()} | {"wave", "aif", "aifc", "oga", "opus", "snd", "sf"}
+) - {"raw"}
+"""File suffixes (lower case, no dot) picked up when searching folders: what libsndfile reads, minus
+header-less RAW. Files named explicitly on the command line are tried whatever their suffix."""
+
+AUDIOSET_LABELS_ENV = "AUDIO_SSL_AUDIOSET_LABELS"
+AUDIOSET_LABELS_URL = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv"
+
+
+def _fail(message: str) -> SystemExit:
+    print(f"audio-ssl classify: error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+class ClassifierBundle:
+    """A model ready to score waveforms: ``score(audio [B, T]) -> probs [B, C]`` plus what it expects."""
+
+    def __init__(self, model: torch.nn.Module, datamodule, device: torch.device):
+        self.model, self.datamodule, self.device = model, datamodule, device
+        self.sample_rate: int = int(model.sample_rate)
+        self.num_classes: int = int(model.num_classes)
+        self.clip_seconds: float = float(datamodule.clip_seconds)
+
+    def score(self, audio: torch.Tensor) -> torch.Tensor:
+        predict_proba: Callable | None = getattr(self.model, "predict_proba", None)
+        if callable(predict_proba):
+            return predict_proba(audio)
+        return torch.softmax(self.model(self.model.frontend(audio)), dim=1)
+
+
+def load_classifier(config_path: str | os.PathLike, checkpoint_path: str | os.PathLike,
+                    device: str | torch.device = "cpu") -> ClassifierBundle:
+    """Rebuild the model of an experiment YAML and load a Lightning checkpoint's weights (``weights_only``).
+
+    The number of classes comes from the checkpoint's hyper-parameters when saved there, else from the
+    config's data module (its metadata, or the dataset's official count).
+    """
+    from jsonargparse import ArgumentParser
+
+    from audio_ssl.data.base import FoldAudioDataModule
+    from audio_ssl.methods.base import BaseMethod
+
+    config_path, checkpoint_path = Path(config_path), Path(checkpoint_path)
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{config_path}: cannot read the experiment config ({err})") from err
+    if not isinstance(config, dict) or "model" not in config or "data" not in config:
+        raise ValueError(f"{config_path}: not a Lightning experiment config (needs 'model' and 'data' blocks)")
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{checkpoint_path}: checkpoint file does not exist") from None
+    except Exception as err:  # unpickling errors come in many types
+        raise ValueError(f"{checkpoint_path}: cannot load the checkpoint with weights_only=True ({err})") from err
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{checkpoint_path}: no state_dict of tensors in this checkpoint")
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(FoldAudioDataModule, "data")
+    parser.add_subclass_arguments(BaseMethod, "model")
+    data_block, model_block = dict(config["data"]), dict(config["model"])
+    try:
+        datamodule = parser.instantiate_classes(parser.parse_object({"data": data_block})).data
+    except Exception as err:
+        raise ValueError(f"{config_path}: the 'data' block cannot be instantiated ({err})") from err
+    hparams = checkpoint.get("hyper_parameters") or {}
+    num_classes = hparams.get("num_classes") or datamodule.num_classes
+    model_block["init_args"] = {**(model_block.get("init_args") or {}), "num_classes": int(num_classes),
+                                "sample_rate": int(datamodule.sample_rate)}
+    try:
+        model = parser.instantiate_classes(parser.parse_object({"model": model_block})).model
+    except Exception as err:
+        raise ValueError(f"{config_path}: the 'model' block cannot be instantiated ({err})") from err
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{checkpoint_path}: the weights do not fit the model of {config_path} "
+                         f"(built with num_classes={num_classes}): {err}") from err
+    device = torch.device(device)
+    return ClassifierBundle(model.eval().to(device), datamodule, device)
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def read_label_file(path: str | os.PathLike) -> list[str]:
+    """Class names from a CSV with a ``display_name``, ``name`` or ``category`` column (AudioSet's
+    ``class_labels_indices.csv`` works as is; rows in index order) or from a text file, one name a line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: label file does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+        for column in ("display_name", "name", "category"):
+            if rows and column in rows[0]:
+                return [row[column] for row in rows]
+        columns = list(rows[0]) if rows else []
+        raise ValueError(f"{path}: no display_name/name/category column (found {columns})")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def class_names_for(labels: str, label_file: str | None, bundle: ClassifierBundle) -> list[str]:
+    """Names for the model's outputs per ``--labels``/``--label-file``; indices when none are available."""
+    names: list[str] | None = None
+    source = ""
+    if label_file:
+        names, source = read_label_file(label_file), label_file
+    elif labels == "audioset":
+        path = os.environ.get(AUDIOSET_LABELS_ENV)
+        if not path:
+            raise ValueError(f"--labels audioset needs AudioSet's class_labels_indices.csv ({AUDIOSET_LABELS_URL}): "
+                             f"pass --label-file or set ${AUDIOSET_LABELS_ENV}")
+        names, source = read_label_file(path), path
+    elif labels == "dataset":
+        dm = bundle.datamodule
+        if dm.metadata_path.exists():
+            names, source = list(dm.class_names), str(dm.metadata_path)
+        else:
+            print(f"audio-ssl classify: no dataset metadata at {dm.metadata_path}: classes are shown as indices",
+                  file=sys.stderr)
+    if names is None:
+        return [str(i) for i in range(bundle.num_classes)]
+    if len(names) != bundle.num_classes:
+        raise ValueError(f"{source} names {len(names)} classes but the model has {bundle.num_classes} outputs")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------- files
+def find_audio_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named directly (kept whatever their suffix, and kept if missing so they are reported) plus
+    the audio files (:data:`AUDIO_EXTENSIONS`, not hidden) found recursively in folders, in sorted order."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                            and f.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS)
+        else:
+            found.append(p)
+    return found
+
+
+def _top_k(probs: np.ndarray, names: Sequence[str], k: int) -> list[dict]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"index": int(i), "name": names[i], "prob": float(probs[i])} for i in order]
+
+
+def classify_file(path: Path, bundle: ClassifierBundle, names: Sequence[str], window_seconds: float,
+                  hop_seconds: float, top_k: int, batch_size: int = 16) -> dict:
+    """One file's record (see the module docstring); raises :class:`AudioDecodeError` if it cannot be read."""
+    wave = decode_audio(path, bundle.sample_rate, mono=True)
+    window = max(1, round(window_seconds * bundle.sample_rate))
+    hop = max(1, round(hop_seconds * bundle.sample_rate))
+    mean, per_window, starts = score_long_audio(bundle.score, wave, window, hop, batch_size, bundle.device)
+    top = _top_k(mean, names, top_k)
+    duration = len(wave) / bundle.sample_rate
+    timeline = [{"start": s / bundle.sample_rate, "end": min(s + window, len(wave)) / bundle.sample_rate,
+                 "top_k": _top_k(p, names, top_k)} for s, p in zip(starts.tolist(), per_window)]
+    return {"file": str(path), "duration": duration, "windows": len(starts), "pred": top[0]["index"],
+            "pred_name": top[0]["name"], "confidence": top[0]["prob"], "top_k": top, "timeline": timeline,
+            "error": None, "probs": mean}
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _csv_row(file: str, segment: str, start, end, duration, windows, top: list[dict], k: int, error=None) -> list:
+    row = [file, segment, start, end, duration, windows]
+    row += [top[0]["index"], top[0]["name"], top[0]["prob"]] if top else ["", "", ""]
+    for i in range(k):
+        row += [top[i]["index"], top[i]["name"], top[i]["prob"]] if i < len(top) else ["", "", ""]
+    return row + ["" if error is None else error]
+
+
+def write_predictions(records: list[dict], stream, fmt: str, top_k: int, timeline: bool) -> None:
+    """Write the records of :func:`classify_file` (or ``{"file", "error"}`` for failures) as csv or json."""
+    if fmt == "json":
+        out = []
+        for r in records:
+            item = {key: r.get(key) for key in ("file", "duration", "windows", "pred", "pred_name", "confidence",
+                                                 "top_k", "error")}
+            if timeline:
+                item["timeline"] = r.get("timeline")
+            out.append(item)
+        json.dump(out, stream, indent=2)
+        stream.write("\n")
+        return
+    k = max([len(r["top_k"]) for r in records if r.get("top_k")], default=top_k)
+    writer = csv.writer(stream, lineterminator="\n")
+    header = ["file", "segment", "start", "end", "duration", "windows", "pred", "pred_name", "confidence"]
+    for i in range(1, k + 1):
+        header += [f"top{i}", f"top{i}_name", f"top{i}_prob"]
+    writer.writerow(header + ["error"])
+    for r in records:
+        if r.get("error"):
+            writer.writerow(_csv_row(r["file"], "clip", "", "", "", "", [], k, r["error"]))
+            continue
+        writer.writerow(_csv_row(r["file"], "clip", 0.0, r["duration"], r["duration"], r["windows"], r["top_k"], k))
+        if timeline:
+            for w in r["timeline"]:
+                writer.writerow(_csv_row(r["file"], "window", w["start"], w["end"], r["duration"], 1, w["top_k"], k))
+
+
+# ---------------------------------------------------------------------------------------------- command
+def _positive(value: str) -> float:
+    number = float(value)
+    if not (number > 0 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audio-ssl classify", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", help="audio files and folders (searched recursively)")
+    parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint (.ckpt) of the trained model")
+    parser.add_argument("--config", required=True, help="the experiment YAML the checkpoint was trained with")
+    parser.add_argument("--labels", choices=("dataset", "audioset", "index"), default="dataset",
+                        help="class names: the config's dataset metadata, AudioSet's 527 names (from --label-file "
+                             f"or ${AUDIOSET_LABELS_ENV}), or plain indices (default: %(default)s)")
+    parser.add_argument("--label-file", default=None,
+                        help="class names from a CSV (display_name/name/category column) or a text file")
+    parser.add_argument("--window-seconds", type=_positive, default=None,
+                        help="window length (default: the config's data.clip_seconds)")
+    parser.add_argument("--hop-seconds", type=_positive, default=None, help="hop between windows (default: half a window)")
+    parser.add_argument("--top-k", type=int, default=5, help="classes listed per file/window (default: %(default)s)")
+    parser.add_argument("--timeline", action="store_true", help="also list every window's top-k")
+    parser.add_argument("--format", choices=("csv", "json"), default=None,
+                        help="output format (default: from the --out suffix, else csv)")
+    parser.add_argument("--out", default="-", help="output file (default: stdout)")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        raise _fail(f"--top-k ({args.top_k}) and --batch-size ({args.batch_size}) must be >= 1")
+    fmt = args.format or ("json" if args.out.lower().endswith(".json") else "csv")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        bundle = load_classifier(args.config, args.checkpoint, device)
+        names = class_names_for(args.labels, args.label_file, bundle)
+    except (ValueError, OSError) as err:
+        raise _fail(str(err)) from None
+    window_seconds = args.window_seconds or bundle.clip_seconds
+    hop_seconds = args.hop_seconds or window_seconds / 2
+    top_k = min(args.top_k, bundle.num_classes)
+    files = find_audio_files(args.paths)
+    if not files:
+        raise _fail(f"no audio files found in {' '.join(args.paths)}")
+
+    records, failed = [], 0
+    for path in files:
+        try:
+            records.append(classify_file(path, bundle, names, window_seconds, hop_seconds, top_k, args.batch_size))
+        except AudioDecodeError as err:
+            failed += 1
+            reason = str(err) if str(path) in str(err) else f"{path}: {err}"
+            print(f"audio-ssl classify: cannot read {reason}", file=sys.stderr)
+            records.append({"file": str(path), "error": reason})
+
+    if args.out == "-":
+        write_predictions(records, sys.stdout, fmt, top_k, args.timeline)
+    else:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", newline="") as stream:
+            write_predictions(records, stream, fmt, top_k, args.timeline)
+    if failed:
+        print(f"audio-ssl classify: {failed} of {len(files)} file(s) could not be read", file=sys.stderr)
+        raise SystemExit(1)

@@ -1,0 +1,216 @@
+"""The cross-validation runner: fold bookkeeping, resume, config handling, W&B wiring, and the Lightning and
+pretrain-finetune tasks end to end on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from audio_ssl.evaluation import cross_validation as cv
+from audio_ssl.evaluation.fold import FoldOutput, classification_metrics, predictions_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+SUPERVISED = ROOT / "experiments" / "supervised_cpu.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_overrides(esc50_root, cache_dir) -> list[str]:
+    return ["--data.init_args.data_dir", str(esc50_root), "--data.init_args.cache_dir", str(cache_dir),
+            "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "8",
+            "--data.init_args.clip_seconds", "1.0", "--trainer.max_epochs", "1",
+            "--model.init_args.encoder.init_args.widths", "[8, 16, 16, 32]",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+# ---------------------------------------------------------------------------------------------- a stand-in task
+CALLS: list[int] = []
+
+
+@cv.register_pipeline("test_random_scores")
+def random_scores_task(config: dict, fold: int, work_dir: Path) -> dict[str, FoldOutput]:
+    """Tests each held-out fold of the configured data with random scores (variants 'a' and 'b')."""
+    from audio_ssl.data import ESC50DataModule
+
+    CALLS.append(fold)
+    dm = ESC50DataModule(**config["data"]["init_args"], test_fold=fold)
+    test = dm.split([fold] + config.get("leak", []), random_crop=False)
+    outputs = {}
+    for seed, variant in enumerate(("a", "b")):
+        probs = np.random.default_rng([seed, fold]).dirichlet(np.ones(dm.num_classes), len(test))
+        outputs[variant] = FoldOutput(classification_metrics(test.labels, probs),
+                                      predictions_frame(test.files, test.labels, probs, dm.class_names),
+                                      {**cv.dataset_info(dm), "method": f"random-{variant}", "epochs": 0})
+    return outputs
+
+
+def random_config(tmp_path, esc50_root, cache_dir, **extra) -> Path:
+    path = tmp_path / "random.yaml"
+    path.write_text(yaml.safe_dump({
+        "pipeline": "test_random_scores",
+        "data": {"class_path": "audio_ssl.data.ESC50DataModule",
+                 "init_args": {"data_dir": str(esc50_root), "cache_dir": str(cache_dir), "clip_seconds": 1.0}},
+        **extra}))
+    return path
+
+
+def test_every_clip_tested_once_and_resume_skips_finished_folds(tmp_path, esc50_root, cache_dir):
+    config = random_config(tmp_path, esc50_root, cache_dir)
+    CALLS.clear()
+    partial = cv.run_cv(config, folds=[2, 4], out=tmp_path / "results", wandb=False, analyze=False)
+    assert CALLS == [2, 4] and partial["folds"] == [2, 4] and not partial["complete"]
+    assert partial["variants"]["a"]["bookkeeping"]["ok"] and not partial["variants"]["a"]["bookkeeping"]["complete"]
+
+    full = cv.run_cv(config, out=tmp_path / "results", wandb=False, analyze=False)
+    assert CALLS == [2, 4, 1, 3, 5]  # finished folds are not run again
+    assert full["complete"] and full["bookkeeping_ok"]
+    assert "exactly once" in full["variants"]["b"]["bookkeeping"]["message"]
+
+    run_dir = tmp_path / "results" / "random"
+    meta = pd.read_csv(esc50_root / "meta" / "esc50.csv")
+    tested = pd.concat([pd.read_csv(run_dir / f"predictions/fold{k}_a.csv").assign(fold=k) for k in range(1, 6)])
+    assert sorted(Path(f).name for f in tested["file"]) == sorted(meta["filename"])  # each clip once
+    by_name = meta.set_index("filename")["fold"]
+    assert all(by_name[Path(f).name] == k for f, k in zip(tested["file"], tested["fold"]))  # in its own fold
+    folds = pd.read_csv(run_dir / "folds.csv")
+    assert len(folds) == 10 and set(folds["variant"]) == {"a", "b"}
+    assert full["variants"]["a"]["metrics"]["acc"]["mean"] == pytest.approx(folds[folds.variant == "a"].acc.mean())
+
+    cv.run_cv(config, out=tmp_path / "results", wandb=False, analyze=False)
+    assert len(CALLS) == 5  # a complete run only re-summarises
+
+
+def test_bookkeeping_catches_a_clip_tested_twice(tmp_path, esc50_root, cache_dir):
+    config = random_config(tmp_path, esc50_root, cache_dir, leak=[1])  # every fold also tests fold 1
+    summary = cv.run_cv(config, folds=[1, 2], out=tmp_path / "results", wandb=False, analyze=False)
+    assert not summary["bookkeeping_ok"]
+    message = summary["variants"]["a"]["bookkeeping"]["message"]
+    assert message.startswith("FAILED") and "fold 1 and fold 2" in message
+
+
+def test_changed_config_refuses_to_resume(tmp_path, esc50_root, cache_dir):
+    config = random_config(tmp_path, esc50_root, cache_dir)
+    cv.run_cv(config, folds=[1], out=tmp_path / "results", wandb=False, analyze=False)
+    with pytest.raises(ValueError, match="different config or overrides"):
+        cv.run_cv(config, folds=[1], out=tmp_path / "results", overrides=["--trainer.max_epochs", "2"],
+                  wandb=False, analyze=False)
+    with pytest.raises(ValueError, match=r"folds \[6\] are out of range"):
+        cv.run_cv(config, folds=[6], out=tmp_path / "results", name="other", wandb=False)
+
+
+def test_pipeline_registry(tmp_path):
+    with pytest.raises(KeyError, match="unknown pipeline 'nope'.*pretrain_probe"):
+        cv.get_pipeline("nope")
+    assert cv.get_pipeline("pretrain_probe").__name__ == "pretrain_probe"  # imported on first lookup
+    assert cv.get_pipeline("lightning") is cv.lightning_task
+    with pytest.raises(ValueError, match="already registered"):
+        cv.register_pipeline("lightning")(random_scores_task)
+
+
+def test_config_helpers(tmp_path):
+    assert cv.parse_set_overrides(["trainer.max_epochs=3", "--data.init_args.batch_size=4"]) == [
+        "--trainer.max_epochs", "3", "--data.init_args.batch_size", "4"]
+    with pytest.raises(ValueError, match="key=value"):
+        cv.parse_set_overrides(["trainer.max_epochs"])
+    assert cv.infer_num_folds(cv.load_config(SUPERVISED), SUPERVISED) == 5
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"pipeline: pretrain_probe\npretrain: {SUPERVISED}\n")
+    assert cv.infer_num_folds(cv.load_config(pipeline), pipeline) == 5
+    assert cv.config_fingerprint(pipeline, []) != cv.config_fingerprint(pipeline, ["--x", "1"])
+    pipeline.write_text(f"# a comment\npipeline: pretrain_probe\npretrain: {SUPERVISED}\n")
+    first = cv.config_fingerprint(pipeline, [])
+    assert first == cv.config_fingerprint(pipeline, [])  # comments do not change it
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("pipeline: baseline\n")
+    with pytest.raises(ValueError, match="cannot tell the number of folds"):
+        cv.infer_num_folds(cv.load_config(bare), bare)
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        cv.resolve_path({"pretrain": "missing.yaml", cv.CONFIG_PATH_KEY: str(pipeline)}, "pretrain")
+
+
+def test_wandb_logger_wiring(tmp_path, monkeypatch):
+    run = {"name": "exp", "wandb": True, "project": "proj"}
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    csv, wandb = cv.logger_spec(run, tmp_path, "exp-fold2", "fit")
+    assert csv["class_path"].endswith("CSVLogger")
+    assert wandb["init_args"] == {"project": "proj", "name": "exp-fold2", "group": "exp", "job_type": "fit",
+                                  "save_dir": str(tmp_path), "offline": True}
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert cv.logger_spec(run, tmp_path, "x", "fit")[1]["init_args"]["offline"] is False
+    assert len(cv.logger_spec({**run, "wandb": False}, tmp_path, "x", "fit")) == 1
+    args = cv.lightning_args(SUPERVISED, 3, tmp_path, run, stage="pretrain")
+    assert args[args.index("--data.init_args.test_fold") + 1] == "3"
+    logger = json.loads(args[args.index("--trainer.logger") + 1])
+    assert logger[1]["init_args"]["name"] == "exp-fold3-pretrain" and logger[1]["init_args"]["group"] == "exp"
+    assert cv.wandb_project(cv.load_config(SUPERVISED)) == "audio-ssl"
+
+
+def test_lightning_cv_end_to_end_with_resume(tmp_path, esc50_root, cache_dir, monkeypatch, capsys):
+    """`audio-ssl cv` on a plain Lightning YAML: two folds, then the rest (finished folds are not refitted)."""
+    import lightning as L
+
+    from audio_ssl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    fits = []
+    original_fit = L.Trainer.fit
+    monkeypatch.setattr(L.Trainer, "fit", lambda self, *a, **k: (fits.append(1), original_fit(self, *a, **k))[1])
+    base = ["cv", "--config", str(SUPERVISED), "--name", "sup", "--no-wandb", "--set", "trainer.max_epochs=1",
+            *tiny_overrides(esc50_root, cache_dir)]
+    main(base + ["--folds", "1,2", "--no-analysis"])
+    assert len(fits) == 2
+    main(base)
+    assert len(fits) == 5  # folds 1 and 2 were not run again
+    out = capsys.readouterr().out
+    assert "| sup | SupervisedClassifier |" in out and "| 5/5 | 1 |" in out
+    assert "every one of the 50 clips was tested exactly once" in out
+
+    run_dir = tmp_path / "results" / "sup"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["bookkeeping_ok"] and summary["num_folds"] == 5
+    assert summary["variants"]["default"]["epochs"] == 1
+    assert "test_fold: 1" in summary["configs"]["fit"] and "max_epochs: 1" in summary["configs"]["fit"]
+    assert summary["git_commit"] and summary["device"]
+    for k in range(1, 6):
+        frame = pd.read_csv(run_dir / "predictions" / f"fold{k}.csv")
+        assert len(frame) == 10 and {"file", "label", "pred", "top1_prob", "top5_prob"} <= set(frame.columns)
+        assert (run_dir / f"fold{k}" / "checkpoints" / "last.ckpt").exists()
+    for name in ("confusion_matrix.png", "per_class_accuracy.png", "confused_pairs.csv", "most_confident_wrong.png",
+                 "least_confident_correct.png"):
+        assert (run_dir / "analysis" / "default" / name).stat().st_size > 0
+
+
+def test_pretrain_finetune_uses_the_pretrained_encoder(tmp_path, esc50_root, cache_dir, monkeypatch):
+    from audio_ssl.methods.base import BaseMethod
+
+    monkeypatch.chdir(tmp_path)
+    loaded = []
+    original = BaseMethod.load_encoder_weights
+    monkeypatch.setattr(BaseMethod, "load_encoder_weights", lambda self, c: (loaded.append(c), original(self, c))[1])
+    config = tmp_path / "finetune.yaml"
+    config.write_text(yaml.safe_dump({"pipeline": "pretrain_finetune", "pretrain": str(SUPERVISED),
+                                      "finetune": str(SUPERVISED)}))
+    summary = cv.run_cv(config, folds=[2], out=tmp_path / "results", overrides=tiny_overrides(esc50_root, cache_dir),
+                        wandb=False, analyze=False)
+    assert set(summary["variants"]) == {"pretrained", "random_init"}
+    fold = tmp_path / "results" / "finetune" / "fold2"
+    ckpt = fold / "pretrain" / "final.ckpt"
+    assert f"init_encoder_from: {ckpt}" in summary["configs"]["pretrained/finetune_pretrained"]
+    assert "init_encoder_from" not in summary["configs"]["random_init/finetune_random_init"]  # None: not dumped
+    assert loaded == [str(ckpt)]  # only the pretrained variant starts from the pretrained encoder
+    assert summary["variants"]["pretrained"]["epochs"] == "1+1"
+    assert summary["variants"]["random_init"]["pretraining_data"] == "none"
+    assert summary["variants"]["pretrained"]["pretraining_data"] == "esc50 folds 1,3,4,5"
+    assert (fold / "finetune_pretrained" / "final.ckpt").exists() and (fold / "finetune_random_init").is_dir()
