@@ -18,8 +18,10 @@ A pipeline config is a YAML with a top-level ``pipeline:`` key; paths are relati
 
 ``audio-ssl cv --config PIPELINE.yaml`` runs, for each held-out fold ``k`` (folder ``fold{k}/``):
 
-- ``pretrain/``: the pretraining YAML fitted with ``test_fold=k`` (its training set: the other folds, or every
-  fold when ``transductive``); weights in ``pretrain/final.ckpt``. The untrained model (the same config
+- ``pretrain/``: the pretraining YAML fitted with ``test_fold=k`` (its training set: the other folds); weights in
+  ``pretrain/final.ckpt``. With ``transductive: true`` the training set is every fold whatever ``k`` is, so the
+  pretraining runs once, in ``<run>/pretrain_transductive/``, and every fold probes the same weights (its wall
+  time is counted in the first fold only). The untrained model (the same config
   instantiated with the config's ``seed_everything``, before any training) is kept as the random baseline.
 - ``pretrain_probe``: embeddings of the training folds and of fold ``k`` from ``module.embed`` (centre crops,
   no augmentation, inference mode, cached in ``embeddings/``), then a logistic-regression probe trained on
@@ -99,7 +101,9 @@ def pretrain_stage(config: dict, fold: int, work_dir: Path) -> Pretrained:
     """Fit the ``pretrain`` YAML with ``test_fold=fold`` (resumable), keeping a copy of the untrained model."""
     path = resolve_path(config, "pretrain")
     transductive = bool(config.get("transductive", False))
-    stage_dir = work_dir / "pretrain"
+    # Transductive pretraining sees every fold's audio whatever the held-out fold, so its weights do not
+    # depend on the fold: it is trained once (by the first fold that needs it) and shared by all folds.
+    stage_dir = work_dir.parent / "pretrain_transductive" if transductive else work_dir / "pretrain"
     args = (lightning_args(path, fold, stage_dir, config[RUN_KEY], stage="pretrain")
             + ["--data.init_args.transductive", "true" if transductive else "false"]
             + [str(a) for a in config.get("pretrain_overrides", [])] + list(config.get(OVERRIDES_KEY, [])))

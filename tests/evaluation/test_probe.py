@@ -172,7 +172,14 @@ def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, mon
                  "--data.init_args.clip_seconds", "1.0", "--trainer.max_epochs", "1",
                  "--model.init_args.encoder.init_args.widths", "[8, 16, 16, 32]",
                  "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-    summary = run_cv(config, folds=[3], out=tmp_path / "results", overrides=overrides, wandb=False, analyze=False)
+    import lightning as L
+
+    fits = []
+    real_fit = L.Trainer.fit
+    monkeypatch.setattr(L.Trainer, "fit", lambda self, *a, **k: (fits.append(1), real_fit(self, *a, **k))[1])
+    summary = run_cv(config, folds=[3, 4], out=tmp_path / "results", overrides=overrides, wandb=False,
+                     analyze=False)
+    assert len(fits) == 1  # transductive pretraining does not depend on the fold: trained once, shared
     pre, rnd = summary["variants"]["pretrained"], summary["variants"]["random_init"]
     assert pre["protocol"] == rnd["protocol"] == "linear probe (frozen encoder)"
     assert pre["transductive"] and "pretraining saw test-fold audio" in pre["pretraining_data"]
@@ -185,6 +192,7 @@ def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, mon
     assert (run_dir / "predictions" / "fold3_pretrained.csv").exists()
     assert (run_dir / "predictions" / "fold3_random_init.csv").exists()
     assert len(list((run_dir / "fold3" / "embeddings").glob("*.npz"))) == 2
+    assert (run_dir / "pretrain_transductive" / "final.ckpt").exists() and not (run_dir / "fold3" / "pretrain").exists()
     table = results_table([summary])
     assert "probe_pipeline:random_init | none (random init)" in table and "(pretraining saw test-fold audio)" in table
 
@@ -192,10 +200,10 @@ def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, mon
     settings = tmp_path / "probe.yaml"
     settings.write_text("probe:\n  C: [0.1, 1.0]\n  max_iter: 200\n")
     capsys.readouterr()
-    P.main(["--checkpoint", str(run_dir / "fold3" / "pretrain" / "final.ckpt"), "--config", str(SUPERVISED),
+    P.main(["--checkpoint", str(run_dir / "pretrain_transductive" / "final.ckpt"), "--config", str(SUPERVISED),
             "--test-fold", "3", "--probe", str(settings), "--out", str(tmp_path / "standalone"), *overrides])
     standalone = json.loads(capsys.readouterr().out)
-    assert standalone["pretrained"]["acc"] == pytest.approx(pre["metrics"]["acc"]["mean"])
+    assert standalone["pretrained"]["acc"] == pytest.approx(pre["metrics"]["acc"]["per_fold"]["3"])
     assert (tmp_path / "standalone" / "fold3_pretrained.csv").exists()
 
     # The random_init variant is the config's model exactly as instantiated (seeded), before any training.
