@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from audio_ssl.data.audio import AudioDecodeError, decode_audio
@@ -87,7 +88,9 @@ class WaveformCache:
     @property
     def array(self) -> np.ndarray:
         if self._array is None:
-            self._array = np.load(self.data_path, mmap_mode="r")
+            # Copy-on-write mapping: torch.from_numpy accepts it without a read-only warning, and the
+            # file itself is never written.
+            self._array = np.load(self.data_path, mmap_mode="c")
         return self._array
 
     def position(self, file: str | os.PathLike) -> int:
@@ -101,12 +104,16 @@ class WaveformCache:
         start = self.offsets[i]
         return self.array[start : start + self.lengths[i]]
 
-    def segment(self, i: int, start: int, length: int) -> np.ndarray:
-        """``length`` samples of clip ``i`` from ``start`` (clipped to the clip), as float32."""
+    def view(self, i: int, start: int, length: int) -> np.ndarray:
+        """Up to ``length`` samples of clip ``i`` from ``start`` (clipped to the clip): a float16 view, no copy."""
         start = max(0, min(int(start), int(self.lengths[i])))
         stop = min(start + length, int(self.lengths[i]))
         base = self.offsets[i]
-        return np.asarray(self.array[base + start : base + stop], dtype=np.float32)
+        return self.array[base + start : base + stop]
+
+    def segment(self, i: int, start: int, length: int) -> np.ndarray:
+        """Like :meth:`view`, copied to float32."""
+        return torch.from_numpy(self.view(i, start, length)).float().numpy()
 
     @classmethod
     def build(

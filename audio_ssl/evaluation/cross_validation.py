@@ -60,6 +60,7 @@ PIPELINE_MODULES: dict[str, str] = {
     "pretrain_probe": "audio_ssl.evaluation.pipelines",
     "pretrain_finetune": "audio_ssl.evaluation.pipelines",
     "baseline": "audio_ssl.evaluation.baselines",
+    "beats_probe": "audio_ssl.evaluation.beats_probe",
 }
 
 CONFIG_PATH_KEY = "_config_path"

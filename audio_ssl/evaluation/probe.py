@@ -150,7 +150,7 @@ def extract_embeddings(module: torch.nn.Module, dataset, batch_size: int = 64, d
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         chunks, labels = [], []
         for batch in loader:
-            chunks.append(module.embed(batch["audio"].to(device)).float().cpu())
+            chunks.append(module.embed(batch["audio"].to(device).float()).float().cpu())
             labels.append(batch["label"])
     finally:
         module.train(was_training).to(home)

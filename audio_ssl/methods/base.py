@@ -92,6 +92,7 @@ class BaseMethod(L.LightningModule):
 
     # ------------------------------------------------------------------ features on the device
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        batch["audio"] = batch["audio"].float()  # the loaders ship float16 waveforms
         return self.train_transform(batch) if self.training else self.eval_transform(batch)
 
     def train_transform(self, batch: dict) -> dict:

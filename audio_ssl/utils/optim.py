@@ -110,8 +110,11 @@ def build_scheduler(name: str, optimizer, total_steps: int, warmup_fraction: flo
         div = [p / b for p, b in zip(peaks, base)]
         if len(set(round(d, 9) for d in div)) != 1:
             raise ValueError(f"onecycle needs the same max_lr/lr ratio in every group, got {div}")
+        total_steps = max(3, total_steps)
+        # OneCycleLR divides by both phase lengths (pct*T - 1 and T*(1 - pct)): keep both positive.
+        pct_start = min(max(warmup_fraction, 1.5 / total_steps), 1 - 0.5 / total_steps)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=peaks, total_steps=max(2, total_steps), pct_start=warmup_fraction,
+            optimizer, max_lr=peaks, total_steps=total_steps, pct_start=pct_start,
             div_factor=div[0], anneal_strategy="cos",
         )
     if name == "cosine":

@@ -121,3 +121,23 @@ def test_init_encoder_from_checkpoint(tmp_path):
                        init_encoder_from=str(tmp_path / "pre.ckpt"))
     with pytest.raises(ValueError, match="do not match this encoder; missing .*unexpected"):
         other.setup("fit")
+
+
+def test_float16_batches_become_float32_on_the_device():
+    model = tiny_model().eval()
+    batch = waveforms()
+    batch["audio"] = batch["audio"].half()
+    out = model.on_after_batch_transfer(batch, 0)
+    assert out["audio"].dtype == torch.float32 and out["spec"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 10, 11])
+def test_onecycle_short_runs(total_steps):
+    from audio_ssl.utils.optim import build_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = build_scheduler("onecycle", optimizer, total_steps=total_steps, warmup_fraction=0.1, max_lr=4e-3)
+    for _ in range(total_steps):
+        optimizer.step()
+        sched.step()
+    assert all(g["lr"] >= 0 for g in optimizer.param_groups)
