@@ -1,0 +1,202 @@
+"""The benchmark scripts stay runnable (tiny runs on the synthetic ESC-50) and compare like with like: the
+naive loader hands over the same clips as ours, the 44.1 kHz copy holds the same audio, and the plain training
+loop takes exactly the optimisation step Lightning takes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from audio_ssl.data import ESC50DataModule
+from audio_ssl.data.audio import decode_audio
+from audio_ssl.features import LogMelSpectrogram
+from audio_ssl.methods import SupervisedClassifier
+from audio_ssl.models.resnet import AudioResNet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import data_pipeline  # noqa: E402
+import train_step  # noqa: E402
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_naive_loader_matches_the_cache(esc50_root, cache_dir):
+    dm = ESC50DataModule(str(esc50_root), test_fold=5, batch_size=4, num_workers=0, cache_dir=str(cache_dir))
+    dm.prepare_data()
+    dm.setup("fit")
+    ours = dm.val_set  # centred crop / padding at the start: deterministic, so both must agree exactly
+    naive = data_pipeline.NaiveLibrosaDataset(
+        ours.files, ours.labels.tolist(), 16000, dm.clip_samples, random_crop=False
+    )
+    assert len(naive) == len(ours)
+    for i in range(len(ours)):
+        a, b = ours[i], naive[i]
+        assert a["audio"].shape == b["audio"].shape == (dm.clip_samples,)
+        # the cache stores float16: 11 significant bits
+        torch.testing.assert_close(a["audio"], b["audio"], atol=1e-3, rtol=2**-10)
+        assert a["label"] == b["label"] and a["index"] == b["index"]
+    assert naive[0]["audio"][16000:].abs().max() == 0  # 1 s clips padded with silence to 5 s
+
+
+def test_resampled_copy_is_official_format_with_the_same_audio(esc50_root, tmp_path, restore_threads):
+    torch.set_num_threads(1)
+    written = data_pipeline.make_resampled_copy(Path(esc50_root), tmp_path, num_clips=5)
+    meta = pd.read_csv(tmp_path / "meta" / "esc50.csv")
+    source = pd.read_csv(Path(esc50_root) / "meta" / "esc50.csv").set_index("filename")
+    assert written == len(meta) == 5
+    assert sorted(meta["fold"]) == [1, 2, 3, 4, 5]
+    for _, row in meta.iterrows():
+        info = sf.info(str(tmp_path / "audio" / row["filename"]))
+        assert (info.samplerate, info.channels, info.subtype, info.format) == (44100, 1, "PCM_16", "WAV")
+        original_name = Path(row["filename"]).with_suffix(".flac").name
+        original = decode_audio(Path(esc50_root) / "audio" / original_name, 16000)
+        assert info.frames == math.ceil(len(original) * 44100 / 16000)
+        back = decode_audio(tmp_path / "audio" / row["filename"], 16000)[: len(original)]
+        assert np.corrcoef(original, back)[0, 1] > 0.99
+        assert (row["fold"], row["target"]) == tuple(source.loc[original_name, ["fold", "target"]])
+
+
+def test_throughput_counts_the_steps_after_warmup():
+    assert train_step.throughput([0.0, 1.0, 2.0, 4.0], warmup=1, batch_size=2) == pytest.approx(3 * 2 / 4.0)
+    with pytest.raises(ValueError, match="warmup"):
+        train_step.throughput([0.0, 1.0], warmup=2, batch_size=2)
+
+
+def tiny_classifier() -> SupervisedClassifier:
+    """No randomness in the step (no dropout, masks or mixup): both loops must land on the same weights."""
+    torch.manual_seed(0)
+    return SupervisedClassifier(
+        encoder=AudioResNet(arch="resnet18", widths=(4, 4, 8, 8)),
+        num_classes=5,
+        dropout=0.0,
+        freq_mask=0,
+        time_mask=0,
+        mixup_prob=0.0,
+        label_smoothing=0.1,
+        frontend=LogMelSpectrogram(n_mels=32),
+        optimizer="adamw",
+        lr=1e-2,
+        scheduler="constant",
+    )
+
+
+def test_plain_loop_takes_the_same_step_as_lightning(restore_threads):
+    torch.set_num_threads(1)
+    model = tiny_classifier()
+    twin = copy.deepcopy(model)
+    batches = train_step.make_batches(2, batch_size=3, samples=8000, num_classes=5)
+    device = torch.device("cpu")
+    ends, _ = train_step.run_lightning(
+        model,
+        batches,
+        steps=3,
+        warmup=1,
+        device=device,
+        precision="32-true",
+        clip_val=None,
+        clip_algorithm=None,
+    )
+    plain = train_step.PlainLoop(twin, device, "32-true", clip_val=None, clip_algorithm=None)
+    plain_ends, plain_cpu = plain.run(batches, steps=3, warmup=1)
+    assert len(ends) == len(plain_ends) == len(plain_cpu) == 3 and plain.step_index == 3
+    moved = False
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    for a, b in zip(model.parameters(), tiny_classifier().parameters()):
+        moved |= not torch.equal(a, b)
+    assert moved, "the training steps did not change the weights"
+
+
+def test_data_pipeline_runs_end_to_end(esc50_root, cache_dir, tmp_path, restore_threads):
+    out = tmp_path / "dp.json"
+    data_pipeline.main(
+        [
+            "--data-dir",
+            str(esc50_root),
+            "--cache-dir",
+            str(cache_dir),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--batches",
+            "2",
+            "--min-seconds",
+            "0",
+            "--subset",
+            "5",
+            "--frontend-clips",
+            "4",
+            "--repeats",
+            "1",
+            "--stall-steps",
+            "2",
+            "--clip-seconds",
+            "1.0",
+            "--threads",
+            "1",
+        ]
+    )
+    result = json.loads(out.read_text())
+    for key in ("loading_16k", "loading_44k"):
+        section = result[key]
+        assert section["ours"]["clips"] == section["naive_librosa"]["clips"] == 2 * 4
+        assert section["speedup"] == pytest.approx(
+            section["ours"]["clips_per_s"] / section["naive_librosa"]["clips_per_s"]
+        )
+    assert result["loading_44k"]["clips"] == 5 and not result["loading_44k"]["cache_was_warm"]
+    front = result["frontend"]
+    assert front["max_abs_diff_db_vs_librosa"] < 0.01  # ours computes what librosa computes
+    assert all(v["max_rel_err"] < 1e-5 for v in front["power"]["variants"].values())
+    stall = result["stall"]
+    assert [e["steps"] for e in stall["epochs"]] == [2, 2]
+    assert 0.0 <= stall["measured"]["data_wait_share"] <= 1.0
+    assert stall["measured"]["data_wait_s"] > 0.0
+    assert stall["peak_tree_pss_mb"] > 0.0
+    assert [row["measurement"] for row in result["summary"]][0].startswith("load 16 kHz")
+
+
+def test_train_step_runs_end_to_end(tmp_path, restore_threads):
+    out = tmp_path / "ts.json"
+    train_step.main(
+        [
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--batch-size",
+            "2",
+            "--clip-seconds",
+            "0.5",
+            "--threads",
+            "1",
+            "--set",
+            "model.init_args.encoder.init_args.widths",
+            "[4, 4, 8, 8]",
+            "--out",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert len(result["lightning_samples_per_s"]) == len(result["plain_samples_per_s"]) == 2
+    assert result["ratio"] == pytest.approx(result["lightning_median"] / result["plain_median"])
+    assert len(result["lightning_samples_per_cpu_s"]) == 2 and result["cpu_ratio"] > 0
+    assert result["clip_samples"] == 8000 and result["batch_size"] == 2
