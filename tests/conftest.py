@@ -33,3 +33,15 @@ def us8k_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("us8k")
     make_synthetic_urbansound8k(root, seed=0)
     return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests use tiny tensors that gain nothing from intra-op threads, and on a shared 2-core machine the
+    threads' spin-waits cost seconds per test; spawned DDP workers set one thread themselves."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -14,6 +14,17 @@ from audio_ssl.utils.distributed import all_gather_no_grad
 from audio_ssl.utils.optim import build_optimizer, build_scheduler, split_decay
 
 
+def load_prefixed_weights(module: nn.Module, state: dict, source: str, prefix: str = "encoder.") -> None:
+    """Load the ``prefix``-ed entries of a state dict into ``module``, naming any key that does not match."""
+    weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{source}: no '{prefix}*' weights in this checkpoint")
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source}: {prefix.rstrip('.')} weights do not match this encoder; "
+                         f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+
+
 class BaseMethod(L.LightningModule):
     """Shared machinery; subclasses define ``training_step`` and what the encoder is.
 
@@ -81,16 +92,9 @@ class BaseMethod(L.LightningModule):
         """Copy ``encoder.*`` weights from a Lightning checkpoint of another method (e.g. a SimCLR run) into
         ``self.encoder``; every encoder key must match. On resume, Lightning restores the checkpoint after this."""
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        encoder_state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-        if not encoder_state:
-            raise ValueError(f"{checkpoint}: no 'encoder.*' weights in this checkpoint")
-        missing, unexpected = self.encoder.load_state_dict(encoder_state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{checkpoint}: encoder weights do not match this encoder; missing {sorted(missing)}, "
-                             f"unexpected {sorted(unexpected)}")
+        load_prefixed_weights(self.encoder, state.get("state_dict", state), checkpoint)
 
-    # ------------------------------------------------------------------ features on the device
+    # ------------------------------------------------------------------ features on the device    # ------------------------------------------------------------------ features on the device
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         batch["audio"] = batch["audio"].float()  # the loaders ship float16 waveforms
         return self.train_transform(batch) if self.training else self.eval_transform(batch)

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from audio_ssl.features.augment import RandomGain, RandomTimeShift
 from audio_ssl.features.masking import apply_patch_mask, block_patch_mask, random_patch_mask
 from audio_ssl.losses.masked_prediction import masked_accuracy, masked_prediction_loss
-from audio_ssl.methods.base import BaseMethod
+from audio_ssl.methods.base import BaseMethod, load_prefixed_weights
 from audio_ssl.models.resnet import AudioResNet
 from audio_ssl.models.vit import SpectrogramTransformer, TransformerBlock
 from audio_ssl.tokenizers.kmeans import KMeansPatchTokenizer
@@ -381,12 +381,5 @@ class MaskedTokenPrediction(BaseMethod):
         teacher_patch = hparams.get("patch_size")
         if teacher_patch is not None and as_patch_size(teacher_patch) != self.patch_size:
             raise ValueError(f"{checkpoint}: teacher patch_size {teacher_patch} differs from {self.patch_size}")
-        state = blob.get("state_dict", blob)
-        weights = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-        if not weights:
-            raise ValueError(f"{checkpoint}: no 'encoder.*' weights in this checkpoint")
-        missing, unexpected = self.teacher_encoder.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{checkpoint}: teacher weights do not match this encoder; missing {sorted(missing)}, "
-                             f"unexpected {sorted(unexpected)}")
+        load_prefixed_weights(self.teacher_encoder, blob.get("state_dict", blob), checkpoint)
         self.teacher_encoder.eval()

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from audio_ssl.evaluation import cross_validation as cv
@@ -17,14 +16,6 @@ from audio_ssl.evaluation.fold import FoldOutput, classification_metrics, predic
 
 ROOT = Path(__file__).resolve().parents[2]
 SUPERVISED = ROOT / "experiments" / "supervised_cpu.yaml"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_overrides(esc50_root, cache_dir) -> list[str]:

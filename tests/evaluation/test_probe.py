@@ -18,14 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SUPERVISED = ROOT / "experiments" / "supervised_cpu.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def blobs(n=120, d=6, k=3, seed=0, spread=1.5):
     rng = np.random.default_rng(seed)
     y = np.arange(n) % k

@@ -30,15 +30,6 @@ from audio_ssl.tools.make_beats_checkpoint import beats_config, ensure_tiny_chec
 NO_AUG = dict(freq_mask=0, time_mask=0, mixup_prob=0.0, label_smoothing=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     return make_beats_checkpoint(tmp_path_factory.mktemp("beats") / "tiny.pt", size="tiny")

@@ -20,16 +20,6 @@ from audio_ssl.methods.masked import codebook_usage
 from audio_ssl.models import AudioResNet, SpectrogramTransformer
 from audio_ssl.tokenizers import KMeansPatchTokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine their spin-waits cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SAMPLES = 8000  # 0.5 s at 16 kHz: 32 mels x 32 frames (hop 256) -> a 2 x 2 grid of 16x16 patches, 4 x 4 of 8x8
 
 

@@ -9,15 +9,6 @@ from audio_ssl.models.vit import SpectrogramTransformer, sincos_2d
 from audio_ssl.tokenizers.patches import patchify
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine their spin-waits cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**kwargs) -> SpectrogramTransformer:
     torch.manual_seed(0)
     defaults = dict(n_mels=32, max_frames=64, patch_size=8, embed_dim=32, depth=2, num_heads=4, drop_path=0.0)
