@@ -1,9 +1,8 @@
-"""Encoders and heads."""
+"""Encoders (AudioResNet, SpectrogramTransformer, BEATs in models.beats) and heads."""
 
 from audio_ssl.models.heads import ClassificationHead, ProjectionHead
 from audio_ssl.models.resnet import RESNET_PRESETS, AudioResNet, BasicBlock
+from audio_ssl.models.vit import SpectrogramTransformer
 
-__all__ = ["RESNET_PRESETS", "AudioResNet", "BasicBlock", "ClassificationHead", "ProjectionHead"]
-from audio_ssl.models.vit import SpectrogramTransformer  # noqa: E402
-
-__all__ += ["SpectrogramTransformer"]
+__all__ = ["RESNET_PRESETS", "AudioResNet", "BasicBlock", "ClassificationHead", "ProjectionHead",
+           "SpectrogramTransformer"]
