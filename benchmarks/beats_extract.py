@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -27,23 +26,8 @@ import torch
 
 from audio_ssl.models.beats import BEATs, BEATsConfig
 
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
-
-
-def _current_rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
-    except OSError:
-        return _peak_rss_mb()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import current_rss_mb, peak_rss_mb, sync  # noqa: E402
 
 
 def bench_one(model: BEATs, device: torch.device, batch: int, samples: int, iters: int, warmup: int,
@@ -55,18 +39,18 @@ def bench_one(model: BEATs, device: torch.device, batch: int, samples: int, iter
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _current_rss_mb()
+    rss_before = current_rss_mb()
     result: dict[str, Any] = {"batch_size": batch}
     with torch.inference_mode(), autocast:
         fbank, _ = model.frontend(waves)
         for name, run in (("pipeline", lambda: model(waves)), ("encoder", lambda: model.extract_features(fbank))):
             for _ in range(warmup):
                 run()
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(iters):
                 out = run()
-            _sync(device)
+            sync(device)
             seconds = (time.perf_counter() - start) / iters
             result[f"{name}_ms_per_batch"] = 1000 * seconds
             result[f"{name}_clips_per_s"] = batch / seconds
@@ -74,7 +58,7 @@ def bench_one(model: BEATs, device: torch.device, batch: int, samples: int, iter
     if device.type == "cuda":
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        result["peak_mem_mb"] = _peak_rss_mb()
+        result["peak_mem_mb"] = peak_rss_mb()["self"]
         result["peak_rss_increase_mb"] = max(0.0, result["peak_mem_mb"] - rss_before)
     return result
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -33,23 +32,8 @@ import torch.nn.functional as F
 from audio_ssl.methods.beats import BEATsClassifier
 from audio_ssl.tools.make_beats_checkpoint import make_beats_checkpoint
 
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
-
-
-def _current_rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
-    except OSError:
-        return _peak_rss_mb()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import current_rss_mb, peak_rss_mb, sync  # noqa: E402
 
 
 def bench_one(model: BEATsClassifier, device: torch.device, batch_size: int, samples: int, steps: int,
@@ -66,13 +50,13 @@ def bench_one(model: BEATsClassifier, device: torch.device, batch_size: int, sam
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _current_rss_mb()
+    rss_before = current_rss_mb()
     hook_s = step_s = 0.0
     for i in range(warmup + steps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         batch = model.on_after_batch_transfer({"audio": audio, "label": labels, "index": labels}, 0)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         with autocast:
             logits = model(batch["spec"])
@@ -80,7 +64,7 @@ def bench_one(model: BEATsClassifier, device: torch.device, batch_size: int, sam
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         if i >= warmup:
             hook_s += t1 - t0
@@ -101,7 +85,7 @@ def bench_one(model: BEATsClassifier, device: torch.device, batch_size: int, sam
     if device.type == "cuda":
         row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        row["peak_mem_mb"] = _peak_rss_mb()
+        row["peak_mem_mb"] = peak_rss_mb()["self"]
         row["peak_rss_increase_mb"] = max(0.0, row["peak_mem_mb"] - rss_before)
     return row
 

@@ -87,6 +87,15 @@ def peak_rss_mb() -> dict[str, float]:
     }
 
 
+def current_rss_mb() -> float:
+    """This process's resident set size now (Linux ``/proc``; the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return peak_rss_mb()["self"]
+
+
 def _children(pid: int) -> list[int]:
     kids: list[int] = []
     try:
