@@ -314,7 +314,7 @@ def bench_power(
 def frontend_waves(dm: ESC50DataModule, num_clips: int) -> torch.Tensor:
     """``num_clips`` evaluation-cropped clips from the cache (cycling if there are fewer), ``[N, T]``."""
     everything = dm.split(list(range(1, dm.num_folds + 1)), random_crop=False)
-    return torch.stack([everything[i % len(everything)]["audio"] for i in range(num_clips)])
+    return torch.stack([everything[i % len(everything)]["audio"].float() for i in range(num_clips)])
 
 
 # ============================================================================ (c) data stall
