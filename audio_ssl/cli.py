@@ -72,3 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 __all__ = ["AudioSSLCLI", "build_cli", "main"]
+
+
+if __name__ == "__main__":
+    main()
