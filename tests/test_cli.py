@@ -134,7 +134,7 @@ def test_resume_from_last_checkpoint(esc50_root, cache_dir, tmp_path, monkeypatc
     first.trainer.fit(first.model, datamodule=first.datamodule)
     steps_per_epoch = first.trainer.global_step // 2
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["epoch"] == 1
+    assert torch.load(last, weights_only=True)["epoch"] == 1
     second = build_cli(["fit", *args, "--ckpt_path", "last"])
     assert second.trainer.current_epoch == 3
     assert second.trainer.global_step == 3 * steps_per_epoch  # continued, not restarted
@@ -169,7 +169,7 @@ def test_sigkill_mid_epoch_then_resume_finishes(esc50_root, cache_dir, tmp_path)
     killed = subprocess.run([sys.executable, str(script), *args], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 6  # saved mid-epoch, before the kill
+    assert torch.load(last, weights_only=True)["global_step"] == 6  # saved mid-epoch, before the kill
     env = dict(os.environ, CKPT="last", PYTHONPATH=str(ROOT))
     resumed = subprocess.run([sys.executable, str(script), *args], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -86,8 +86,8 @@ def ensure_tiny_checkpoint(path: str | os.PathLike = DEFAULT_TINY_PATH) -> Path:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(ckpt, dict) and ckpt.get("cfg") == beats_config("tiny").to_dict():
                 return path
-        except Exception:  # noqa: BLE001 - any unreadable file is simply rewritten
-            pass
+        except Exception as err:  # noqa: BLE001 - any unreadable file is simply rewritten
+            print(f"{path} is not a readable tiny BEATs checkpoint ({err}); writing a new one")
     return make_beats_checkpoint(path, size="tiny")
 
 

@@ -189,7 +189,7 @@ def test_tokenizer_fitted_once_saved_and_restored(tmp_path, monkeypatch):
     assert torch.equal(standalone.encode(spec), ids)
 
     # the codebook is in the checkpoint's state_dict: a fresh model gets identical ids
-    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
     fresh = make_model(online_probe=True, knn_k=3)
     fresh.load_state_dict(ckpt["state_dict"])
     assert torch.equal(fresh.tokenizer.encode(spec), ids)
