@@ -71,4 +71,5 @@ def run_distributed(
         mp.spawn(
             _entry, args=(fn, world_size, port, out_dir, tuple(args), timeout_s), nprocs=world_size, join=True
         )
+        # Results the test's own worker processes just wrote (may hold NamedTuples), not outside checkpoints.
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from audio_ssl.data.audio import AudioDecodeError, decode_audio
+from audio_ssl.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,10 @@ class WaveformCache:
             "lengths": lengths.tolist(),
             "skipped": skipped,
         }
-        _atomic_save_npy(data_path, flat)
-        _atomic_write_text(index_path, json.dumps(index))
+        with atomic_write(data_path) as fh:
+            np.save(fh, flat)
+        with atomic_write(index_path, "w") as fh:
+            fh.write(json.dumps(index))
         cache = cls(data_path, index)
         cache._report_skipped(skip_bad_files)
         return cache
@@ -203,25 +205,3 @@ class WaveformCache:
             for reason in self.skipped.values():
                 log.warning("skipped bad audio file: %s", reason)
             log.warning("%d bad audio file(s) skipped in total", len(self.skipped))
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

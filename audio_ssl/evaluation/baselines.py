@@ -35,7 +35,6 @@ import importlib
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from audio_ssl.data.cache import WaveformCache
 from audio_ssl.data.datasets import ClipDataset
 from audio_ssl.evaluation.cross_validation import dataset_info, register_pipeline
 from audio_ssl.evaluation.fold import FoldOutput, classification_metrics, predictions_frame
+from audio_ssl.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +195,8 @@ def mfcc_feature_matrix(
     start = time.perf_counter()
     matrix = _compute_mfcc_matrix(cache, params, n_jobs)
     log.info("MFCC features of %d clips in %.1f s -> %s", len(cache), time.perf_counter() - start, path)
-    feature_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=feature_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, matrix)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as fh:
+        np.save(fh, matrix)
     return matrix, path, True
 
 

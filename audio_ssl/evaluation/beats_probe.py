@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -60,6 +59,7 @@ from audio_ssl.evaluation.probe import (
     select_C,
 )
 from audio_ssl.utils.download import sha256sum
+from audio_ssl.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +126,8 @@ def _load_cached(path: Path, files: Sequence[str]) -> FoldFeatures | None:
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write an ``.npz`` atomically (a concurrent reader sees the old file or the whole new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as fh:
+        np.savez(fh, **arrays)
 
 
 def extract_fold_features(

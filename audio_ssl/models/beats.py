@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from torch.utils.checkpoint import checkpoint
 
 from audio_ssl.features.fbank import BEATsFbank, reduce_padding_mask
 from audio_ssl.utils.download import download_file, sha256sum
+from audio_ssl.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -697,11 +697,6 @@ def save_beats_checkpoint(model: BEATs, path: str | os.PathLike) -> Path:
     }
     if model.label_dict is not None:
         ckpt["label_dict"] = model.label_dict
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_write(path) as fh:
+        torch.save(ckpt, fh)
     return path
