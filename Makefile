@@ -1,32 +1,48 @@
 # make demo       set up and run the end-to-end demo (synthetic data unless DATA_DIR is given)
 # make test       set up and run the test suite (what CI runs)
 # make test-slow  the slow tests (longer training runs)
+# make lock       re-resolve requirements/lock.txt from pyproject.toml (the only way the lock changes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Every install goes through this lock: a new upstream release can never change a fresh clone's environment.
+LOCK := requirements/lock.txt
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup check-env demo test test-slow lint lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --constraint $(LOCK) -e ".[dev]"
+	$(PY) -m audio_ssl.utils.environment
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+# Fails early, with the fix in the message, when torch / torchaudio / libsndfile cannot be imported.
+check-env: $(STAMP)
+	$(PY) -m audio_ssl.utils.environment
+
+demo: check-env
 	$(VENV)/bin/audio-ssl demo $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-test: $(STAMP)
+test: check-env
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
 
-test-slow: $(STAMP)
+test-slow: check-env
 	$(PY) -m pytest -q -m slow -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check audio_ssl tests benchmarks
+
+# Re-resolve the lock from pyproject.toml with pip-tools in a throw-away environment.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet "pip-tools==7.6.2"
+	.venv-lock/bin/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url \
+		--no-emit-find-links --no-emit-trusted-host -o $(LOCK) pyproject.toml
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -10,6 +10,16 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+def pytest_configure(config):
+    """Stop the whole run at once, with the fix, when torch / torchaudio / libsndfile do not work."""
+    from audio_ssl.utils.environment import AudioStackError, check_audio_stack
+
+    try:
+        check_audio_stack()
+    except AudioStackError as err:
+        pytest.exit(f"audio-ssl: {err}", returncode=3)
+
+
 @pytest.fixture(scope="session")
 def esc50_root(tmp_path_factory):
     """A synthetic dataset in the official ESC-50 layout: 5 classes x 10 clips of 1 s, 5 folds."""
