@@ -386,10 +386,11 @@ def _jsonable(obj):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Atomic and safe for concurrent writers (per-fold ``cv`` processes sharing a run folder): a unique temp name."""
+    from audio_ssl.utils.io import atomic_write
+
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
 
 
 def prediction_path(fold: int, variant: str, single: bool) -> str:

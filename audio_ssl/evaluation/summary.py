@@ -164,12 +164,14 @@ def build_summary(run_dir: str | os.PathLike, fold_results: dict[int, dict], met
 def write_summary(run_dir: str | os.PathLike, summary: dict) -> None:
     """Write ``folds.csv`` (from the finished folds) and ``summary.json`` into the run folder."""
     from audio_ssl.evaluation.cross_validation import finished_folds
+    from audio_ssl.utils.io import atomic_write
 
     run_dir = Path(run_dir)
-    folds_frame(finished_folds(run_dir)).to_csv(run_dir / "folds.csv", index=False)
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, run_dir / "summary.json")
+    # unique temp names: per-fold `cv` processes running in parallel all rewrite these run-level files
+    with atomic_write(run_dir / "folds.csv", "w") as fh:
+        folds_frame(finished_folds(run_dir)).to_csv(fh, index=False)
+    with atomic_write(run_dir / "summary.json", "w") as fh:
+        fh.write(json.dumps(summary, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------- the results table
