@@ -216,6 +216,7 @@ CV=(-m audio_ssl.cli cv --config "$CONFIG" --name "$NAME" --out "$RESULTS" --no-
   --set "trainer.precision=$PRECISION" --set trainer.enable_progress_bar=false
   --set checkpoint.save_top_k=0 --set checkpoint.save_last=false)
 [[ -n "$EPOCHS" ]] && CV+=(--set "trainer.max_epochs=$EPOCHS")
+for kv in ${EXTRA_SETS:-}; do CV+=(--set "$kv"); done  # e.g. EXTRA_SETS="model.init_args.time_mask=30"
 if ((SMOKE)); then
   CV+=(--set data.init_args.clip_seconds=1.0 --set data.init_args.batch_size=8
     --set "model.init_args.encoder.init_args.widths=[8,16,32,64]" --set model.init_args.frontend.init_args.n_mels=32
