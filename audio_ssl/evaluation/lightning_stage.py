@@ -16,8 +16,14 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from audio_ssl.evaluation.fold import DatasetDescription, FoldContext, FoldOutput, ResultDescription
-from audio_ssl.evaluation.fold import classification_metrics, predictions_frame
+from audio_ssl.evaluation.fold import (
+    DatasetDescription,
+    FoldContext,
+    FoldOutput,
+    ResultDescription,
+    classification_metrics,
+    predictions_frame,
+)
 from audio_ssl.evaluation.tracking import logger_spec
 from audio_ssl.utils.io import atomic_write
 

@@ -13,7 +13,6 @@ import yaml
 
 from audio_ssl.data.cache import WaveformCache
 from audio_ssl.evaluation import baselines
-from audio_ssl.evaluation.fold import FoldContext
 from audio_ssl.evaluation.baselines import (
     MFCCParams,
     build_datamodule,
@@ -22,6 +21,7 @@ from audio_ssl.evaluation.baselines import (
     random_scores,
     run_baseline_fold,
 )
+from audio_ssl.evaluation.fold import FoldContext
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 5

@@ -16,7 +16,13 @@ from audio_ssl.evaluation.fold import (
     predictions_frame,
 )
 from audio_ssl.evaluation.run_store import finished_folds, save_fold_result, write_summary
-from audio_ssl.evaluation.summary import build_summary, check_bookkeeping, folds_frame, metric_stats, results_table
+from audio_ssl.evaluation.summary import (
+    build_summary,
+    check_bookkeeping,
+    folds_frame,
+    metric_stats,
+    results_table,
+)
 
 CLIPS = {1: ["a.wav", "b.wav"], 2: ["c.wav", "d.wav"], 3: ["e.wav", "f.wav"]}
 LABELS = {1: [0, 1], 2: [0, 1], 3: [1, 1]}

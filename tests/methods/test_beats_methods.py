@@ -22,8 +22,8 @@ from audio_ssl.evaluation.beats_probe import (
     run_beats_probe,
 )
 from audio_ssl.evaluation.fold import FoldContext
-from audio_ssl.evaluation.registry import get_pipeline
 from audio_ssl.evaluation.probe import ProbeConfig
+from audio_ssl.evaluation.registry import get_pipeline
 from audio_ssl.methods.beats import BEATsClassifier, beats_parameter_groups, masked_mean
 from audio_ssl.models.beats import BEATs, BEATsCheckpointError, BEATsConfig, save_beats_checkpoint
 from audio_ssl.tools.make_beats_checkpoint import beats_config, ensure_tiny_checkpoint, make_beats_checkpoint
