@@ -26,7 +26,7 @@ def hidden_env(packages: str = "wandb,librosa") -> dict:
 def test_imports_without_wandb_and_librosa():
     code = """
 import importlib.util, sys
-import audio_ssl.cli, audio_ssl.tools.cv, audio_ssl.evaluation.cross_validation, audio_ssl.evaluation.summary
+import audio_ssl.cli, audio_ssl.tools.cv, audio_ssl.evaluation.runner, audio_ssl.evaluation.summary
 import audio_ssl.evaluation.pipelines, audio_ssl.evaluation.baselines, audio_ssl.evaluation.analysis
 from audio_ssl.data import ESC50DataModule, UrbanSound8KDataModule
 from audio_ssl.methods import SupervisedClassifier

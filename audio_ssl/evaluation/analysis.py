@@ -14,7 +14,6 @@ For every variant, ``<run>/analysis/<variant>/`` gets:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -28,19 +27,23 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from audio_ssl.evaluation.plots import confusion_matrix_figure  # noqa: E402
+from audio_ssl.evaluation.run_store import (  # noqa: E402
+    ANALYSIS_DIR,
+    finished_folds,
+    read_predictions,
+    read_summary,
+    summary_path,
+)
 
 log = logging.getLogger(__name__)
 
 
 def load_predictions(run_dir: str | os.PathLike, variant: str) -> pd.DataFrame:
     """All folds' predictions of one variant, with a ``fold`` column."""
-    from audio_ssl.evaluation.cross_validation import finished_folds
-
     frames = []
     for fold, result in finished_folds(Path(run_dir)).items():
-        if variant in result["variants"]:
-            frame = pd.read_csv(Path(run_dir) / result["variants"][variant]["predictions"])
-            frames.append(frame.assign(fold=fold))
+        if variant in result.variants:
+            frames.append(read_predictions(Path(run_dir), result.variants[variant]).assign(fold=fold))
     if not frames:
         raise FileNotFoundError(f"{run_dir}: no saved predictions for variant {variant!r}")
     return pd.concat(frames, ignore_index=True)
@@ -175,12 +178,11 @@ def analyze_variant(predictions: pd.DataFrame, class_names: list[str], sample_ra
 def analyze_run(run_dir: str | os.PathLike, examples: int = 8, top_pairs: int = 20) -> dict[str, dict[str, Path]]:
     """Analyse every variant of a finished CV run (needs its ``summary.json``) into ``<run>/analysis/``."""
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        raise FileNotFoundError(f"{summary_path} not found: run `audio-ssl cv` for this run first")
-    summary = json.loads(summary_path.read_text())
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise FileNotFoundError(f"{summary_path(run_dir)} not found: run `audio-ssl cv` for this run first")
     sample_rate = int(summary.get("sample_rate") or 16000)
-    out_root = run_dir / "analysis"
+    out_root = run_dir / ANALYSIS_DIR
     readme = [f"# Error analysis: {summary['name']}\n",
               f"Predictions of folds {summary['folds']} (no re-inference). Confusion matrices are row-normalised.\n"]
     all_files = {}

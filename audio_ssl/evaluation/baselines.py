@@ -45,8 +45,15 @@ import numpy as np
 from audio_ssl.data.base import FoldAudioDataModule
 from audio_ssl.data.cache import WaveformCache
 from audio_ssl.data.datasets import ClipDataset
-from audio_ssl.evaluation.cross_validation import dataset_info, register_pipeline
-from audio_ssl.evaluation.fold import FoldOutput, classification_metrics, predictions_frame
+from audio_ssl.evaluation.fold import (
+    DatasetDescription,
+    FoldContext,
+    FoldOutput,
+    ResultDescription,
+    classification_metrics,
+    predictions_frame,
+)
+from audio_ssl.evaluation.registry import register_pipeline
 from audio_ssl.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -230,15 +237,16 @@ def _mfcc_logreg_scores(
 
 # ---------------------------------------------------------------------------------------------- the fold task
 @register_pipeline("baseline")
-def run_baseline_fold(config: dict, fold: int, work_dir: Path) -> dict[str, FoldOutput]:
-    """Train the configured baseline on every fold but ``fold`` and test it on ``fold``.
+def run_baseline_fold(context: FoldContext) -> dict[str, FoldOutput]:
+    """Train the configured baseline on every fold but ``context.fold`` and test it on ``context.fold``.
 
-    Returns ``{config["baseline"]: FoldOutput}`` with test metrics, per-clip predictions and ``info`` (the
-    dataset description of :func:`~audio_ssl.evaluation.cross_validation.dataset_info`, method/protocol,
-    clip counts, wall time, and for ``mfcc_logreg`` the feature cache used and whether it was computed now).
-    ``work_dir`` is not needed: the only artefact (the feature matrix) lives in the shared feature cache.
-    A relative ``data.init_args.data_dir`` is taken from the working directory, as in the Lightning configs.
+    Returns ``{config["baseline"]: FoldOutput}`` with test metrics, per-clip predictions and a description
+    (method/protocol, the dataset, and as details the clip counts and, for ``mfcc_logreg``, the feature cache
+    used and whether it was computed now). ``context.work_dir`` is not needed: the only artefact (the feature
+    matrix) lives in the shared feature cache. A relative ``data.init_args.data_dir`` is taken from the
+    working directory, as in the Lightning configs.
     """
+    config, fold = context.config, context.fold
     name = config.get("baseline")
     if name not in BASELINES:
         raise ValueError(f"config key 'baseline' must be one of {list(BASELINES)}, got {name!r}")
@@ -250,28 +258,30 @@ def run_baseline_fold(config: dict, fold: int, work_dir: Path) -> dict[str, Fold
     train = datamodule.split(datamodule.train_folds, random_crop=False)
     test = datamodule.split([fold], random_crop=False)
     num_classes = datamodule.num_classes
-    info: dict = {**dataset_info(datamodule), "method": f"baseline: {name}", "pretraining_data": "none",
-                  "transductive": False, "device": "cpu", "train_clips": len(train), "test_clips": len(test),
-                  "train_folds": datamodule.train_folds}
+    description = ResultDescription(method=f"baseline: {name}", pretraining_data="none", transductive=False,
+                                    device="cpu", dataset=DatasetDescription.of(datamodule))
+    details: dict = {"train_clips": len(train), "test_clips": len(test), "train_folds": datamodule.train_folds}
     if name == "majority":
         probs = majority_scores(train.labels, num_classes, len(test))
-        info.update(encoder="none", protocol="most frequent class of the training folds",
-                    majority_class=int(probs[0].argmax()))
+        description.encoder, description.protocol = "none", "most frequent class of the training folds"
+        details["majority_class"] = int(probs[0].argmax())
     elif name == "random":
         seed = int(config.get("seed", config.get("seed_everything", 0)))
         probs = random_scores(len(test), num_classes, [seed, fold])
-        info.update(encoder="none", protocol=f"uniform random scores, seed ({seed}, fold)", seed=seed)
+        description.encoder, description.protocol = "none", f"uniform random scores, seed ({seed}, fold)"
+        details["seed"] = seed
     else:
         probs, extra = _mfcc_logreg_scores(config, datamodule.cache, train, test, num_classes)
         deltas = " + deltas" if extra["mfcc"]["deltas"] else ""
-        info.update(encoder=f"MFCC mean/std ({extra['mfcc']['n_mfcc']} coefficients{deltas}, "
-                            f"{extra['feature_dim']} dims)",
-                    protocol=f"StandardScaler + logistic regression (C={extra['C']}) on the training folds",
-                    **extra)
-    info["wall_time_s"] = time.perf_counter() - start
+        description.encoder = (f"MFCC mean/std ({extra['mfcc']['n_mfcc']} coefficients{deltas}, "
+                               f"{extra['feature_dim']} dims)")
+        description.protocol = f"StandardScaler + logistic regression (C={extra['C']}) on the training folds"
+        details.update(extra)
+    description.details = details
+    description.wall_time_s = time.perf_counter() - start
     output = FoldOutput(
         metrics=classification_metrics(test.labels, probs),
         predictions=predictions_frame(test.files, test.labels, probs, datamodule.class_names),
-        info=info,
+        description=description,
     )
     return {name: output}

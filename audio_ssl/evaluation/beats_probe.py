@@ -48,8 +48,14 @@ from torch.utils.data import Subset
 
 from audio_ssl.data.base import FoldAudioDataModule
 from audio_ssl.data.datasets import ClipDataset
-from audio_ssl.evaluation.cross_validation import CONFIG_PATH_KEY, dataset_info, register_pipeline
-from audio_ssl.evaluation.fold import FoldOutput, classification_metrics, predictions_frame
+from audio_ssl.evaluation.fold import (
+    DatasetDescription,
+    FoldContext,
+    FoldOutput,
+    ResultDescription,
+    classification_metrics,
+    predictions_frame,
+)
 from audio_ssl.evaluation.probe import (
     LinearProbe,
     ProbeConfig,
@@ -58,6 +64,7 @@ from audio_ssl.evaluation.probe import (
     resolve_device,
     select_C,
 )
+from audio_ssl.evaluation.registry import register_pipeline
 from audio_ssl.utils.download import sha256sum
 from audio_ssl.utils.io import atomic_write
 
@@ -201,7 +208,7 @@ def run_beats_probe(
     For held-out fold ``k`` the probe trains on every fold but ``k`` and the data module's ``val_fold``.
     ``probe`` holds the classifier and extraction settings (default :class:`ProbeConfig`; its ``device``,
     ``embed_batch_size`` and ``num_workers`` drive the extraction). ``clips_per_class`` keeps only the first
-    clips of each class in every fold (a quick pipeline check; reported in ``info``).
+    clips of each class in every fold (a quick pipeline check; reported in the description's ``details``).
     """
     from audio_ssl.methods.beats import BEATsClassifier
 
@@ -227,14 +234,12 @@ def run_beats_probe(
                 probe.device, probe.num_workers, bf16)
         return features[fold]
 
-    info_base = {**dataset_info(datamodule), "method": "BEATs (frozen) + linear probe",
-                 "encoder": f"BEATs {model.encoder.num_layers} x {model.encoder.out_dim}, "
-                            f"{sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M params",
-                 "pretraining_data": "see the BEATs checkpoint", "protocol": "linear probe (frozen encoder)",
-                 "checkpoint": str(checkpoint), "checkpoint_sha256": sha, "layers": model.layers,
-                 "clips_per_class": clips_per_class, "embedding_dim": model.embedding_dim,
-                 "device": str(resolve_device(probe.device)), "transductive": False, "epochs": 0,
-                 "probe_settings": asdict(probe)}
+    dataset = DatasetDescription.of(datamodule)
+    encoder = (f"BEATs {model.encoder.num_layers} x {model.encoder.out_dim}, "
+               f"{sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M params")
+    details_base = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "layers": model.layers,
+                    "clips_per_class": clips_per_class, "embedding_dim": model.embedding_dim,
+                    "probe_settings": asdict(probe)}
     outputs: dict[int, FoldOutput] = {}
     for fold in folds:
         fold_start = time.perf_counter()
@@ -248,17 +253,22 @@ def run_beats_probe(
         probe_start = time.perf_counter()
         best_c, scores = select_C(x_train, y_train, groups, probe.Cs, num_classes, probe)
         probs = LinearProbe.from_config(probe, best_c).fit(x_train, y_train, num_classes).predict_proba(test.features)
-        info = {**info_base, "train_folds": train_folds, "probe_train_clips": len(y_train),
-                "test_clips": len(test.labels), "probe_C": best_c, "probe_C_scores": scores,
-                "probe_time_s": time.perf_counter() - probe_start,
-                "embed_time_s": sum(t.seconds for t in extracted),
-                "clips_extracted": sum(len(t.labels) for t in extracted),
-                "feature_files": [str(t.path) for t in (*train, test)],
-                "wall_time_s": time.perf_counter() - fold_start}
+        details = {**details_base, "train_folds": train_folds, "probe_train_clips": len(y_train),
+                   "test_clips": len(test.labels), "probe_C": best_c, "probe_C_scores": scores,
+                   "probe_time_s": time.perf_counter() - probe_start,
+                   "embed_time_s": sum(t.seconds for t in extracted),
+                   "clips_extracted": sum(len(t.labels) for t in extracted),
+                   "feature_files": [str(t.path) for t in (*train, test)]}
+        description = ResultDescription(
+            method="BEATs (frozen) + linear probe", encoder=encoder, pretraining_data="see the BEATs checkpoint",
+            transductive=False, protocol="linear probe (frozen encoder)", epochs=0,
+            device=str(resolve_device(probe.device)), wall_time_s=time.perf_counter() - fold_start,
+            dataset=dataset, details=details)
         for t in extracted:
             t.computed, t.seconds = False, 0.0  # counted once, for the first held-out fold that needed it
         outputs[fold] = FoldOutput(classification_metrics(test.labels, probs),
-                                   predictions_frame(test.files, test.labels, probs, datamodule.class_names), info)
+                                   predictions_frame(test.files, test.labels, probs, datamodule.class_names),
+                                   description)
     log.info("BEATs probe on folds %s in %.1f s", folds, time.perf_counter() - start)
     return outputs
 
@@ -277,15 +287,14 @@ def _missing_checkpoint(flag: str) -> str:
 
 
 @register_pipeline("beats_probe")
-def beats_probe_task(config: dict, fold: int, work_dir: Path) -> dict[str, FoldOutput]:
-    """Cross-validation task: the cached linear probe of frozen BEATs on held-out ``fold``."""
-    source = config.get(CONFIG_PATH_KEY, "<config>")
+def beats_probe_task(context: FoldContext) -> dict[str, FoldOutput]:
+    """Cross-validation task: the cached linear probe of frozen BEATs on the held-out ``context.fold``."""
+    config, fold = context.config, context.fold
     if not config.get("checkpoint"):
-        raise ValueError(f"{source}: " + _missing_checkpoint("'checkpoint:'"))
+        raise ValueError(f"{context.source}: " + _missing_checkpoint("'checkpoint:'"))
     if "data" not in config:
-        raise ValueError(f"{source}: a beats_probe config needs a 'data' block (class_path + init_args)")
-    base_dir = Path(config[CONFIG_PATH_KEY]).parent if CONFIG_PATH_KEY in config else None
-    probe = load_probe_config(config.get("probe"), base_dir)
+        raise ValueError(f"{context.source}: a beats_probe config needs a 'data' block (class_path + init_args)")
+    probe = load_probe_config(config.get("probe"), context.config_dir)
     outputs = run_beats_probe(
         str(config["checkpoint"]), _build_datamodule(config["data"], fold), [fold], layers=config.get("layers"),
         probe=probe, feature_cache_dir=config.get("feature_cache_dir"), bf16=bool(config.get("bf16", False)),
@@ -323,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[int, FoldOutput]:
                         help="keep only the first N clips of each class in every fold (pipeline checks)")
     parser.add_argument("--feature-cache-dir", default=None, help=f"default: {default_feature_dir()}")
     parser.add_argument("--cache-dir", default=None, help="waveform cache directory")
-    parser.add_argument("--out", type=Path, default=None, help="write metrics and info as JSON here")
+    parser.add_argument("--out", type=Path, default=None, help="write metrics and descriptions as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -351,15 +360,16 @@ def main(argv: list[str] | None = None) -> dict[int, FoldOutput]:
                               clips_per_class=args.clips_per_class)
     for fold, out in outputs.items():
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(out.metrics.items()))
-        print(f"fold {fold}: {metrics} (C={out.info['probe_C']:g}; train {out.info['probe_train_clips']}, test "
-              f"{out.info['test_clips']} clips; extracted {out.info['clips_extracted']} clips in "
-              f"{out.info['embed_time_s']:.1f} s; probe fit {out.info['probe_time_s']:.1f} s)")
+        d = out.description.details
+        print(f"fold {fold}: {metrics} (C={d['probe_C']:g}; train {d['probe_train_clips']}, test "
+              f"{d['test_clips']} clips; extracted {d['clips_extracted']} clips in "
+              f"{d['embed_time_s']:.1f} s; probe fit {d['probe_time_s']:.1f} s)")
     accs = [o.metrics["acc"] for o in outputs.values()]
     print(f"mean acc over {len(accs)} fold(s): {np.mean(accs):.4f}")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {str(k): {"metrics": o.metrics, "info": o.info} for k, o in outputs.items()}
-        args.out.write_text(json.dumps(report, indent=2, default=str))
+        report = {str(k): {"metrics": o.metrics, "description": asdict(o.description)} for k, o in outputs.items()}
+        with atomic_write(args.out, "w") as fh:
+            json.dump(report, fh, indent=2, default=str)
         print(f"wrote {args.out}")
     return outputs
 

@@ -1,7 +1,20 @@
-"""What one held-out fold produces, in one format for every method: metrics plus per-clip predictions."""
+"""The per-fold task interface: what a fold task receives (:class:`FoldContext`) and what it returns
+(:class:`FoldOutput`: metrics, per-clip predictions and a :class:`ResultDescription`), in one format for every
+method, plus the metric and prediction helpers every task uses.
+
+A *fold task* trains on the training folds and tests on the held-out ``context.fold``; it returns one
+:class:`FoldOutput` per *variant* (e.g. ``"pretrained"`` and ``"random_init"``)::
+
+    FoldTask = Callable[[FoldContext], dict[str, FoldOutput]]
+
+Tasks are registered by name in :mod:`audio_ssl.evaluation.registry`; the runner
+(:mod:`audio_ssl.evaluation.runner`) calls one per held-out fold and the run store
+(:mod:`audio_ssl.evaluation.run_store`) keeps what it returns.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +23,104 @@ import numpy as np
 import pandas as pd
 import torch
 
+from audio_ssl.evaluation.run_config import resolve_path
+
+TRANSDUCTIVE_NOTE = "pretraining saw test-fold audio"
+
+
+@dataclass(frozen=True)
+class FoldContext:
+    """Everything a fold task needs besides its own config section: the held-out fold, its work directory and
+    the run it belongs to.
+
+    ``config``: the run's YAML as parsed (resolve relative paths in it with :meth:`resolve_path`).
+    ``fold``: the held-out (test) fold. ``work_dir``: ``results/NAME/fold{k}``, for the fold's Lightning runs,
+    checkpoints and caches. ``config_path``: the YAML file (``None`` for a config built in code: relative
+    paths then resolve against the working directory). ``overrides``: Lightning CLI arguments to append to
+    every Lightning run (``audio-ssl cv --set``/trailing args). ``run_name``, ``wandb``, ``wandb_project``:
+    the CV run, for the loggers of its Lightning stages.
+    """
+
+    config: dict
+    fold: int
+    work_dir: Path
+    config_path: Path | None = None
+    overrides: tuple[str, ...] = ()
+    run_name: str = "cv"
+    wandb: bool = False
+    wandb_project: str = "audio-ssl"
+
+    @property
+    def source(self) -> str:
+        """The config file's name for error messages."""
+        return str(self.config_path) if self.config_path is not None else "<config>"
+
+    @property
+    def config_dir(self) -> Path:
+        """The folder relative paths of the config are taken from."""
+        return self.config_path.parent if self.config_path is not None else Path.cwd()
+
+    def resolve_path(self, key: str, required: bool = True) -> Path | None:
+        """``config[key]`` as an existing file, relative to the config's folder."""
+        return resolve_path(self.config, key, self.config_path, required)
+
+
+def clips_digest(files: Sequence[str]) -> str:
+    """Order-independent hash of a set of clip paths (to prove the test folds cover the dataset)."""
+    digest = hashlib.sha256()
+    for f in sorted(str(f) for f in files):
+        digest.update(f.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class DatasetDescription:
+    """The dataset a fold was tested on; the fold bookkeeping check needs ``num_folds``, ``num_clips`` and
+    ``clips_digest`` to prove that every clip was tested exactly once across the folds."""
+
+    name: str
+    num_folds: int
+    num_clips: int
+    clips_digest: str
+    class_names: list[str]
+    sample_rate: int
+    clip_seconds: float | None = None
+
+    @classmethod
+    def of(cls, datamodule) -> DatasetDescription:
+        """The description of a :class:`~audio_ssl.data.base.FoldAudioDataModule` (clips it skips left out)."""
+        meta = datamodule._metadata()
+        cache = datamodule._open_cache()
+        paths = [p for p in meta["path"] if p not in cache.skipped]
+        return cls(name=datamodule.dataset_name, num_folds=int(datamodule.num_folds), num_clips=len(paths),
+                   clips_digest=clips_digest(paths), class_names=list(datamodule.class_names),
+                   sample_rate=int(datamodule.sample_rate), clip_seconds=float(datamodule.clip_seconds))
+
+
+@dataclass
+class ResultDescription:
+    """What was evaluated, and how: one row of the results table and the summary's description of a variant.
+
+    ``method``, ``encoder``, ``pretraining_data``, ``protocol`` and ``epochs`` (an int, or e.g. ``"100+30"``
+    for pretraining + fine-tuning) are the results table's columns; ``transductive`` marks pretraining that saw
+    the test fold's audio. ``device`` and ``wall_time_s`` (of this variant on this fold) go into the summary,
+    ``configs`` (``{label: resolved config text}``) into its ``configs`` section, ``dataset`` into its dataset
+    fields and the bookkeeping check. ``details``: anything else worth keeping per fold (the probe's chosen C,
+    feature cache paths, ...), shown under the summary's ``details``; values must be JSON-serialisable.
+    """
+
+    method: str | None = None
+    encoder: str | None = None
+    pretraining_data: str | None = None
+    transductive: bool = False
+    protocol: str | None = None
+    epochs: int | str | None = None
+    device: str | None = None
+    wall_time_s: float | None = None
+    dataset: DatasetDescription | None = None
+    configs: dict[str, str] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
 
 @dataclass
 class FoldOutput:
@@ -17,12 +128,12 @@ class FoldOutput:
 
     ``metrics``: scalar test metrics (at least ``acc``; usually ``acc_top5`` and ``f1_macro``).
     ``predictions``: one row per test clip, see :func:`predictions_frame`.
-    ``info``: anything else worth keeping in the summary (epochs, wall time of a stage, ...).
+    ``description``: what was tested and how (see :class:`ResultDescription`).
     """
 
     metrics: dict[str, float]
     predictions: pd.DataFrame
-    info: dict = field(default_factory=dict)
+    description: ResultDescription = field(default_factory=ResultDescription)
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

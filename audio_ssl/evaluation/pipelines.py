@@ -1,4 +1,7 @@
-"""Pretrain-then-evaluate pipelines for ``audio-ssl cv``: ``pretrain_probe`` and ``pretrain_finetune``.
+"""The Lightning pipelines of ``audio-ssl cv``: ``lightning`` (a plain Lightning YAML: fit on the training folds,
+test the final weights on the held-out fold) and the pretrain-then-evaluate ``pretrain_probe`` and
+``pretrain_finetune``. Each is a fold task (:mod:`audio_ssl.evaluation.fold`) built from Lightning stages
+(:mod:`audio_ssl.evaluation.lightning_stage`).
 
 Pipeline config format
 ----------------------
@@ -38,27 +41,23 @@ Run-level overrides (``audio-ssl cv --set``/trailing args) go to every Lightning
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from audio_ssl.evaluation.cross_validation import (
-    CONFIG_PATH_KEY,
-    OVERRIDES_KEY,
-    RUN_KEY,
-    TRANSDUCTIVE_NOTE,
-    dataset_info,
+from audio_ssl.evaluation.fold import TRANSDUCTIVE_NOTE, DatasetDescription, FoldContext, FoldOutput
+from audio_ssl.evaluation.lightning_stage import (
+    FINAL_WEIGHTS,
     describe_encoder,
-    finish_wandb,
     fit_and_test,
     fit_stage,
     lightning_args,
-    register_pipeline,
-    resolve_path,
     resolved_config_text,
 )
-from audio_ssl.evaluation.fold import FoldOutput
 from audio_ssl.evaluation.probe import fold_groups, load_probe_config, probe_fold, resolve_device
+from audio_ssl.evaluation.registry import DEFAULT_VARIANT, register_pipeline
+from audio_ssl.evaluation.tracking import finish_wandb
 
 PIPELINE_KEYS = {
     "pretrain_probe": {"pipeline", "pretrain", "pretrain_overrides", "transductive", "probe"},
@@ -68,10 +67,17 @@ PIPELINE_KEYS = {
 RANDOM_METHOD = "none (random init)"
 
 
-def check_pipeline_config(config: dict, pipeline: str) -> None:
-    """Reject unknown keys (typos) and malformed entries, naming the file and the key."""
-    source = config.get(CONFIG_PATH_KEY, "<config>")
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in PIPELINE_KEYS[pipeline])
+@register_pipeline("lightning")
+def lightning_task(context: FoldContext) -> dict[str, FoldOutput]:
+    """A plain Lightning YAML: fit on the training folds, test the final weights on the held-out fold."""
+    args = lightning_args(context, context.config_path, context.work_dir, stage="fit")
+    _, output = fit_and_test(args + list(context.overrides), context.work_dir, label="fit")
+    return {DEFAULT_VARIANT: output}
+
+
+def check_pipeline_config(config: dict, pipeline: str, source: str = "<config>") -> None:
+    """Reject unknown keys (typos) and malformed entries, naming the file (``source``) and the key."""
+    unknown = sorted(k for k in config if k not in PIPELINE_KEYS[pipeline])
     if unknown:
         raise ValueError(f"{source}: unknown key(s) {unknown} for pipeline {pipeline}; "
                          f"allowed: {sorted(PIPELINE_KEYS[pipeline])}")
@@ -97,16 +103,19 @@ class Pretrained:
     config_text: str
 
 
-def pretrain_stage(config: dict, fold: int, work_dir: Path) -> Pretrained:
-    """Fit the ``pretrain`` YAML with ``test_fold=fold`` (resumable), keeping a copy of the untrained model."""
-    path = resolve_path(config, "pretrain")
+def pretrain_stage(context: FoldContext) -> Pretrained:
+    """Fit the ``pretrain`` YAML with ``test_fold=context.fold`` (resumable), keeping a copy of the untrained
+    model."""
+    config, fold = context.config, context.fold
+    path = context.resolve_path("pretrain")
     transductive = bool(config.get("transductive", False))
     # Transductive pretraining sees every fold's audio whatever the held-out fold, so its weights do not
     # depend on the fold: it is trained once (by the first fold that needs it) and shared by all folds.
+    work_dir = context.work_dir
     stage_dir = work_dir.parent / "pretrain_transductive" if transductive else work_dir / "pretrain"
-    args = (lightning_args(path, fold, stage_dir, config[RUN_KEY], stage="pretrain")
+    args = (lightning_args(context, path, stage_dir, stage="pretrain")
             + ["--data.init_args.transductive", "true" if transductive else "false"]
-            + [str(a) for a in config.get("pretrain_overrides", [])] + list(config.get(OVERRIDES_KEY, [])))
+            + [str(a) for a in config.get("pretrain_overrides", [])] + list(context.overrides))
     holder: dict = {}
     start = time.perf_counter()
     cli, epochs = fit_stage(args, stage_dir, before_fit=lambda c: holder.update(untrained=copy.deepcopy(c.model)))
@@ -115,73 +124,75 @@ def pretrain_stage(config: dict, fold: int, work_dir: Path) -> Pretrained:
     data = f"{dm.dataset_name} folds {','.join(map(str, folds))}"
     if transductive:
         data += f" ({TRANSDUCTIVE_NOTE})"
-    return Pretrained(cli, holder["untrained"], stage_dir / "final.ckpt", epochs, time.perf_counter() - start, data,
-                      transductive, resolved_config_text(cli))
+    return Pretrained(cli, holder["untrained"], stage_dir / FINAL_WEIGHTS, epochs, time.perf_counter() - start,
+                      data, transductive, resolved_config_text(cli))
 
 
 @register_pipeline("pretrain_probe")
-def pretrain_probe(config: dict, fold: int, work_dir: Path) -> dict[str, FoldOutput]:
+def pretrain_probe(context: FoldContext) -> dict[str, FoldOutput]:
     """Pretrain, then a linear probe on frozen embeddings of the pretrained and of the untrained encoder."""
-    check_pipeline_config(config, "pretrain_probe")
-    probe_config = load_probe_config(config.get("probe"), Path(config[CONFIG_PATH_KEY]).parent)
-    pre = pretrain_stage(config, fold, work_dir)
+    config, fold = context.config, context.fold
+    check_pipeline_config(config, "pretrain_probe", context.source)
+    probe_config = load_probe_config(config.get("probe"), context.config_dir)
+    pre = pretrain_stage(context)
     dm = pre.cli.datamodule
     train_set = dm.split([f for f in range(1, dm.num_folds + 1) if f != fold], random_crop=False)
     test_set = dm.split([fold], random_crop=False)
     groups = fold_groups(dm, train_set)
-    data_info = dataset_info(dm)
+    dataset = DatasetDescription.of(dm)
     method = type(pre.cli.model).__name__
     outputs = {}
     for variant, module in (("pretrained", pre.cli.model), ("random_init", pre.untrained)):
         output = probe_fold(module, train_set, test_set, dm.num_classes, dm.class_names, probe_config, groups,
-                            work_dir / "embeddings", tag=f"{variant}-fold{fold}")
+                            context.work_dir / "embeddings", tag=f"{variant}-fold{fold}")
         pretrained = variant == "pretrained"
-        output.info.update(data_info)
-        output.info.update({
-            "method": method if pretrained else RANDOM_METHOD,
-            "encoder": describe_encoder(module),
-            "pretraining_data": pre.pretraining_data if pretrained else "none",
-            "transductive": pre.transductive and pretrained,
-            "protocol": "linear probe (frozen encoder)",
-            "epochs": pre.epochs if pretrained else 0,
-            "wall_time_s": output.info["embed_time_s"] + output.info["probe_time_s"]
-            + (pre.wall_time_s if pretrained else 0.0),
-            "configs": {"pretrain": pre.config_text},
-            "random_init_seed": pre.cli.config.get("seed_everything"),
-            "device": str(resolve_device(probe_config.device)),
-        })
+        output.description = dataclasses.replace(
+            output.description,
+            method=method if pretrained else RANDOM_METHOD,
+            encoder=describe_encoder(module),
+            pretraining_data=pre.pretraining_data if pretrained else "none",
+            transductive=pre.transductive and pretrained,
+            protocol="linear probe (frozen encoder)",
+            epochs=pre.epochs if pretrained else 0,
+            wall_time_s=output.description.wall_time_s + (pre.wall_time_s if pretrained else 0.0),
+            configs={"pretrain": pre.config_text},
+            dataset=dataset,
+            device=str(resolve_device(probe_config.device)),
+            details={**output.description.details, "random_init_seed": pre.cli.config.get("seed_everything")},
+        )
         outputs[variant] = output
     return outputs
 
 
 @register_pipeline("pretrain_finetune")
-def pretrain_finetune(config: dict, fold: int, work_dir: Path) -> dict[str, FoldOutput]:
+def pretrain_finetune(context: FoldContext) -> dict[str, FoldOutput]:
     """Pretrain, then fine-tune the ``finetune`` YAML from the pretrained encoder and from random init."""
-    check_pipeline_config(config, "pretrain_finetune")
-    finetune = resolve_path(config, "finetune")
-    pre = pretrain_stage(config, fold, work_dir)
+    config = context.config
+    check_pipeline_config(config, "pretrain_finetune", context.source)
+    finetune = context.resolve_path("finetune")
+    pre = pretrain_stage(context)
     finish_wandb()
     method = type(pre.cli.model).__name__
     outputs = {}
     for variant in ("pretrained", "random_init"):
         pretrained = variant == "pretrained"
-        stage_dir = work_dir / f"finetune_{variant}"
+        stage_dir = context.work_dir / f"finetune_{variant}"
         init = str(pre.checkpoint) if pretrained else "null"
-        args = (lightning_args(finetune, fold, stage_dir, config[RUN_KEY], stage=f"finetune-{variant}")
+        args = (lightning_args(context, finetune, stage_dir, stage=f"finetune-{variant}")
                 + [str(a) for a in config.get("finetune_overrides", [])]
-                + ["--model.init_args.init_encoder_from", init] + list(config.get(OVERRIDES_KEY, [])))
+                + ["--model.init_args.init_encoder_from", init] + list(context.overrides))
         cli, output = fit_and_test(args, stage_dir, label=f"finetune_{variant}")
-        ft_epochs = output.info["epochs"]
-        output.info.update({
-            "method": method if pretrained else RANDOM_METHOD,
-            "pretraining_data": pre.pretraining_data if pretrained else "none",
-            "transductive": pre.transductive and pretrained,
-            "protocol": f"fine-tune ({type(cli.model).__name__})",
-            "epochs": f"{pre.epochs}+{ft_epochs}" if pretrained else ft_epochs,
-            "configs": {**({"pretrain": pre.config_text} if pretrained else {}), **output.info["configs"]},
-        })
-        if pretrained:
-            output.info["wall_time_s"] += pre.wall_time_s
+        d = output.description
+        output.description = dataclasses.replace(
+            d,
+            method=method if pretrained else RANDOM_METHOD,
+            pretraining_data=pre.pretraining_data if pretrained else "none",
+            transductive=pre.transductive and pretrained,
+            protocol=f"fine-tune ({type(cli.model).__name__})",
+            epochs=f"{pre.epochs}+{d.epochs}" if pretrained else d.epochs,
+            configs={**({"pretrain": pre.config_text} if pretrained else {}), **d.configs},
+            wall_time_s=d.wall_time_s + (pre.wall_time_s if pretrained else 0.0),
+        )
         outputs[variant] = output
         finish_wandb()
     return outputs

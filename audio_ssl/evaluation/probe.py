@@ -34,7 +34,8 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
 
-from audio_ssl.evaluation.fold import FoldOutput, classification_metrics, predictions_frame
+from audio_ssl.evaluation.fold import FoldOutput, ResultDescription, classification_metrics, predictions_frame
+from audio_ssl.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +182,9 @@ def cached_embeddings(module: torch.nn.Module, datasets: dict, cache_dir: Path |
     result = {n: extract_embeddings(module, d, config.embed_batch_size, config.device, config.num_workers)
               for n, d in datasets.items()}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"{n}_{part}": arr for n, (x, y) in result.items() for part, arr in (("x", x), ("y", y))}
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        with atomic_write(path) as fh:
+            np.savez(fh, **arrays)
     return result
 
 
@@ -305,10 +304,13 @@ def probe_fold(module: torch.nn.Module, train_set, test_set, num_classes: int, c
     probe = LinearProbe.from_config(config, best_c)
     probs = probe.fit(x_train, y_train, num_classes).predict_proba(x_test)
     frame = predictions_frame(test_set.files, y_test, probs, class_names)
-    info = {"probe_C": best_c, "probe_C_scores": scores, "embedding_dim": int(x_train.shape[1]),
-            "probe_train_clips": len(y_train), "embed_time_s": embed_time,
-            "probe_time_s": time.perf_counter() - start - embed_time, "probe_settings": dataclasses.asdict(config)}
-    return FoldOutput(classification_metrics(y_test, probs), frame, info)
+    probe_time = time.perf_counter() - start - embed_time
+    details = {"probe_C": best_c, "probe_C_scores": scores, "embedding_dim": int(x_train.shape[1]),
+               "probe_train_clips": len(y_train), "embed_time_s": embed_time, "probe_time_s": probe_time,
+               "probe_settings": dataclasses.asdict(config)}
+    description = ResultDescription(protocol="linear probe (frozen encoder)", epochs=0,
+                                    wall_time_s=embed_time + probe_time, details=details)
+    return FoldOutput(classification_metrics(y_test, probs), frame, description)
 
 
 def fold_groups(datamodule, dataset) -> np.ndarray:
@@ -365,10 +367,10 @@ def main(argv: list[str] | None = None) -> None:
             model.load_state_dict(state)
         output = probe_fold(model, train_set, test_set, dm.num_classes, dm.class_names, config,
                             fold_groups(dm, train_set), out / "embeddings" if out else None, tag=variant)
-        results[variant] = {**output.metrics, "C": output.info["probe_C"]}
+        results[variant] = {**output.metrics, "C": output.description.details["probe_C"]}
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            output.predictions.to_csv(out / f"fold{args.test_fold}_{variant}.csv", index=False)
+            with atomic_write(out / f"fold{args.test_fold}_{variant}.csv", "w") as fh:
+                output.predictions.to_csv(fh, index=False)
     print(json.dumps(results, indent=2))
 
 

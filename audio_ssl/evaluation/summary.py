@@ -7,7 +7,7 @@ are a sample of possible train/test splits; it is ``None`` for a single fold.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import time
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audio_ssl.evaluation.cross_validation import STD_NOTE, TRANSDUCTIVE_NOTE, clips_digest
+from audio_ssl.evaluation.fold import TRANSDUCTIVE_NOTE, DatasetDescription, clips_digest
+from audio_ssl.evaluation.run_store import FoldResult, read_predictions, read_summary
 
+STD_NOTE = "std is the sample standard deviation over folds (ddof=1); null with a single fold"
 DESCRIPTION_KEYS = ("method", "encoder", "pretraining_data", "transductive", "protocol", "epochs")
-DATASET_KEYS = ("dataset", "num_folds", "num_clips", "clips_digest", "class_names", "sample_rate", "clip_seconds")
-_SHOWN = {*DESCRIPTION_KEYS, *DATASET_KEYS, "configs", "wall_time_s", "device"}
 
 
 def metric_stats(values: Sequence[float]) -> dict:
@@ -40,9 +40,11 @@ def per_class_accuracy(predictions: pd.DataFrame) -> dict[str, float]:
     return {str(name): float(acc) for (_, name), acc in grouped.sort_index().items()}
 
 
-def check_bookkeeping(test_files: dict[int, Sequence[str]], dataset: dict | None) -> dict:
+def check_bookkeeping(test_files: dict[int, Sequence[str]], dataset: DatasetDescription | None,
+                      num_folds: int | None = None) -> dict:
     """Check that no clip is tested twice, and, when every fold ran, that every clip of the dataset was tested
-    exactly once (by comparing the set of tested files with the dataset's ``clips_digest``/``num_clips``)."""
+    exactly once (by comparing the set of tested files with the dataset's ``clips_digest``/``num_clips``).
+    ``num_folds`` defaults to the dataset's."""
     problems = []
     seen: dict[str, int] = {}
     for fold, files in sorted(test_files.items()):
@@ -53,13 +55,14 @@ def check_bookkeeping(test_files: dict[int, Sequence[str]], dataset: dict | None
             if f in seen:
                 problems.append(f"{f} is tested in fold {seen[f]} and fold {fold}")
             seen[f] = fold
-    num_folds = (dataset or {}).get("num_folds")
+    if num_folds is None and dataset is not None:
+        num_folds = dataset.num_folds
     complete = num_folds is not None and sorted(test_files) == list(range(1, num_folds + 1))
     checked_all = False
-    if complete and dataset.get("clips_digest"):
-        if len(seen) != dataset["num_clips"] or clips_digest(list(seen)) != dataset["clips_digest"]:
+    if complete and dataset is not None and dataset.clips_digest:
+        if len(seen) != dataset.num_clips or clips_digest(list(seen)) != dataset.clips_digest:
             problems.append(f"the test folds cover {len(seen)} distinct clips, but the dataset has "
-                            f"{dataset['num_clips']} (or a different set)")
+                            f"{dataset.num_clips} (or a different set)")
         checked_all = True
     if problems:
         message = "FAILED: " + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else "")
@@ -71,73 +74,82 @@ def check_bookkeeping(test_files: dict[int, Sequence[str]], dataset: dict | None
     return {"ok": not problems, "complete": complete, "message": message, "num_tested": len(seen)}
 
 
-def folds_frame(fold_results: dict[int, dict]) -> pd.DataFrame:
+def _variant_time(result: FoldResult, variant: str) -> float:
+    """The variant's own wall time on a fold when it reported one, else the fold's."""
+    own = result.variants[variant].description.wall_time_s
+    return float(own) if own is not None else result.wall_time_s
+
+
+def folds_frame(fold_results: dict[int, FoldResult]) -> pd.DataFrame:
     """One row per fold and variant: metrics, the fold's wall time and the variant's own time if reported."""
     rows = []
     for fold, result in sorted(fold_results.items()):
-        for variant, entry in result["variants"].items():
-            rows.append({"fold": fold, "variant": variant, **entry["metrics"],
-                         "fold_wall_time_s": result["wall_time_s"],
-                         "variant_wall_time_s": entry["info"].get("wall_time_s", result["wall_time_s"])})
+        for variant, entry in result.variants.items():
+            rows.append({"fold": fold, "variant": variant, **entry.metrics, "fold_wall_time_s": result.wall_time_s,
+                         "variant_wall_time_s": _variant_time(result, variant)})
     return pd.DataFrame(rows)
 
 
-def build_summary(run_dir: str | os.PathLike, fold_results: dict[int, dict], meta: dict) -> dict:
+def _dataset_fields(dataset: DatasetDescription | None) -> dict:
+    """The summary's top-level dataset fields (``dataset``: the dataset's name)."""
+    if dataset is None:
+        return {}
+    fields = dataclasses.asdict(dataset)
+    return {"dataset": fields.pop("name"), **fields}
+
+
+def build_summary(run_dir: str | os.PathLike, fold_results: dict[int, FoldResult], meta: dict) -> dict:
     """The ``summary.json`` content for a CV run folder from its finished folds: run metadata, the dataset, and
     per variant the description, metric statistics, per-class accuracy, wall times, the bookkeeping check and
-    ``details`` (every other ``FoldOutput.info`` entry, per fold, e.g. the probe's chosen C).
+    ``details`` (each fold's :attr:`ResultDescription.details`, e.g. the probe's chosen C).
 
-    ``meta`` carries run-level fields (name, config_file, pipeline, overrides, git_commit, git_dirty, device,
-    cv_config_text). Per-clip predictions are read from the files the fold results point to.
+    ``meta`` carries run-level fields (name, config_file, pipeline, overrides, num_folds, git_commit,
+    git_dirty, device, cv_config_text). Per-clip predictions are read from the files the fold results point to.
     """
     run_dir = Path(run_dir)
     if not fold_results:
         raise ValueError(f"{run_dir}: no finished folds to summarise")
     first = next(iter(fold_results.values()))
-    first_info = next(iter(first["variants"].values()))["info"]
-    dataset = {k: first_info[k] for k in DATASET_KEYS if k in first_info}
-    num_folds = dataset.get("num_folds", meta.get("num_folds"))
-    dataset.setdefault("num_folds", num_folds)
-    fold_times = {str(f): r["wall_time_s"] for f, r in fold_results.items()}
+    dataset = next(iter(first.variants.values())).description.dataset
+    num_folds = dataset.num_folds if dataset is not None else meta.get("num_folds")
+    fold_times = {str(f): r.wall_time_s for f, r in fold_results.items()}
     variants, configs, notes = {}, {"cv_config": meta.get("cv_config_text", "")}, []
     bookkeeping_ok = True
-    for variant in first["variants"]:
-        missing = [f for f, r in fold_results.items() if variant not in r["variants"]]
+    for variant in first.variants:
+        missing = [f for f, r in fold_results.items() if variant not in r.variants]
         if missing:
             raise ValueError(f"{run_dir}: variant {variant!r} is missing from fold(s) {missing}")
-        entries = {f: r["variants"][variant] for f, r in fold_results.items()}
-        frames = {f: pd.read_csv(run_dir / e["predictions"]) for f, e in entries.items()}
-        metric_names = list(dict.fromkeys(m for e in entries.values() for m in e["metrics"]))
+        entries = {f: r.variants[variant] for f, r in fold_results.items()}
+        frames = {f: read_predictions(run_dir, e) for f, e in entries.items()}
+        metric_names = list(dict.fromkeys(m for e in entries.values() for m in e.metrics))
         metrics = {}
         for m in metric_names:
-            per_fold = {str(f): e["metrics"][m] for f, e in entries.items() if m in e["metrics"]}
+            per_fold = {str(f): e.metrics[m] for f, e in entries.items() if m in e.metrics}
             metrics[m] = {**metric_stats(list(per_fold.values())), "per_fold": per_fold}
-        info = entries[min(entries)]["info"]
-        epochs = sorted({e["info"].get("epochs") for e in entries.values()} - {None})
-        variant_times = {str(f): e["info"].get("wall_time_s", fold_results[f]["wall_time_s"])
-                         for f, e in entries.items()}
+        description = entries[min(entries)].description
+        epochs = sorted({e.description.epochs for e in entries.values()} - {None})
+        variant_times = {str(f): _variant_time(fold_results[f], variant) for f in entries}
         bookkeeping = check_bookkeeping({f: frame["file"].astype(str).tolist() for f, frame in frames.items()},
-                                        dataset)
+                                        dataset, num_folds)
         bookkeeping_ok &= bookkeeping["ok"]
-        transductive = bool(info.get("transductive", False))
-        entry = {k: info.get(k) for k in DESCRIPTION_KEYS}
+        entry = {k: getattr(description, k) for k in DESCRIPTION_KEYS}
         entry.update({
-            "transductive": transductive,
+            "transductive": bool(description.transductive),
             "epochs": epochs[0] if len(epochs) == 1 else epochs,
             "metrics": metrics,
             "per_class_accuracy": per_class_accuracy(pd.concat(frames.values(), ignore_index=True)),
             "num_test_clips": int(sum(len(f) for f in frames.values())),
             "wall_time_s": {"per_fold": variant_times, "total": float(sum(variant_times.values()))},
-            "device": info.get("device"),
+            "device": description.device,
             "bookkeeping": bookkeeping,
-            "details": {str(f): {k: v for k, v in e["info"].items() if k not in _SHOWN} for f, e in entries.items()},
+            "details": {str(f): dict(e.description.details) for f, e in entries.items()},
         })
-        if transductive:
+        if description.transductive:
             entry["notes"] = [TRANSDUCTIVE_NOTE]
             notes.append(f"{variant}: {TRANSDUCTIVE_NOTE}")
         variants[variant] = entry
-        for label, text in (info.get("configs") or {}).items():
-            configs[label if len(first["variants"]) == 1 else f"{variant}/{label}"] = text
+        for label, text in description.configs.items():
+            configs[label if len(first.variants) == 1 else f"{variant}/{label}"] = text
     folds_done = sorted(fold_results)
     return {
         "name": meta.get("name", run_dir.name),
@@ -148,7 +160,8 @@ def build_summary(run_dir: str | os.PathLike, fold_results: dict[int, dict], met
         "git_commit": meta.get("git_commit"),
         "git_dirty": meta.get("git_dirty"),
         "device": meta.get("device"),
-        **dataset,
+        **_dataset_fields(dataset),
+        "num_folds": num_folds,
         "folds": folds_done,
         "complete": num_folds is not None and folds_done == list(range(1, num_folds + 1)),
         "std_note": STD_NOTE,
@@ -161,33 +174,10 @@ def build_summary(run_dir: str | os.PathLike, fold_results: dict[int, dict], met
     }
 
 
-def write_summary(run_dir: str | os.PathLike, summary: dict) -> None:
-    """Write ``folds.csv`` (from the finished folds) and ``summary.json`` into the run folder."""
-    from audio_ssl.evaluation.cross_validation import finished_folds
-    from audio_ssl.utils.io import atomic_write
-
-    run_dir = Path(run_dir)
-    # unique temp names: per-fold `cv` processes running in parallel all rewrite these run-level files
-    with atomic_write(run_dir / "folds.csv", "w") as fh:
-        folds_frame(finished_folds(run_dir)).to_csv(fh, index=False)
-    with atomic_write(run_dir / "summary.json", "w") as fh:
-        fh.write(json.dumps(summary, indent=2))
-
-
 # ---------------------------------------------------------------------------------------------- the results table
 def load_summaries(paths: Iterable[str | os.PathLike]) -> list[dict]:
     """Summaries from run folders or ``summary.json`` paths (folders without one are skipped)."""
-    summaries = []
-    for p in paths:
-        p = Path(p)
-        file = p / "summary.json" if p.is_dir() else p
-        if not file.exists():
-            continue
-        try:
-            summaries.append(json.loads(file.read_text()))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file}: not valid JSON: {err}") from err
-    return summaries
+    return [summary for summary in map(read_summary, paths) if summary is not None]
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -16,7 +16,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from audio_ssl.evaluation.cross_validation import parse_set_overrides, run_cv
+from audio_ssl.evaluation.run_config import parse_set_overrides
+from audio_ssl.evaluation.runner import run_cv
 
 
 def parse_folds(text: str) -> list[int]:

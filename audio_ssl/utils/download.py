@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from audio_ssl.utils.io import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -47,33 +49,25 @@ def download_file(
         if sha256 is None or sha256sum(dest) == sha256.lower():
             return dest
         log.warning("%s exists but its SHA-256 does not match; downloading it again", dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - user-supplied URL
-            except (urllib.error.URLError, OSError) as err:
-                raise DownloadError(
-                    f"could not download {url} ({err}). If this machine is offline, fetch the file on a "
-                    f"machine with network access and place it at {dest}"
-                ) from err
-            with response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
-                          disable=not progress) as bar:
-                    while block := response.read(1 << 20):
-                        out.write(block)
-                        bar.update(len(block))
-        if sha256 is not None:
-            got = sha256sum(tmp)
-            if got != sha256.lower():
-                raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    digest = hashlib.sha256()
+    with atomic_write(dest) as out:  # the block raises: dest is left as it was, the temporary file removed
+        try:
+            response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - user-supplied URL
+        except (urllib.error.URLError, OSError) as err:
+            raise DownloadError(
+                f"could not download {url} ({err}). If this machine is offline, fetch the file on a "
+                f"machine with network access and place it at {dest}"
+            ) from err
+        with response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
+                      disable=not progress) as bar:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+        if sha256 is not None and digest.hexdigest() != sha256.lower():
+            raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest.hexdigest()}")
     return dest
 
 

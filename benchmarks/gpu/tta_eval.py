@@ -14,6 +14,7 @@ Writes ``<out>/<name>/`` in the cv runner's format (``fold{k}/result.json``, ``p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -24,8 +25,19 @@ log = logging.getLogger("tta_eval")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from audio_ssl.evaluation import cross_validation as cv
-    from audio_ssl.evaluation.summary import build_summary, write_summary
+    from audio_ssl.evaluation import run_store
+    from audio_ssl.evaluation.fold import FoldContext
+    from audio_ssl.evaluation.lightning_stage import (
+        FINAL_WEIGHTS,
+        evaluate_stage,
+        fit_stage,
+        lightning_args,
+        resolved_config_text,
+    )
+    from audio_ssl.evaluation.registry import DEFAULT_VARIANT
+    from audio_ssl.evaluation.run_config import config_fingerprint
+    from audio_ssl.evaluation.runner import device_description, git_state
+    from audio_ssl.evaluation.summary import build_summary, folds_frame
     from audio_ssl.tools.cv import parse_folds
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     src = Path(args.run_dir)
-    run_meta = json.loads((src / cv.RUN_FILE).read_text())
+    run_meta = json.loads((src / run_store.RUN_FILE).read_text())
     if run_meta.get("pipeline", "lightning") != "lightning":
         parser.error(f"{src} is a {run_meta['pipeline']!r} run: only plain Lightning YAML runs are supported")
     if args.tta_views < 2:
@@ -47,52 +59,52 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(run_meta["overrides"]) + ["--model.init_args.tta_views", str(args.tta_views)]
     name = args.name or f"{src.name}_tta{args.tta_views}"
     dst = Path(args.out) / name if args.out else src.parent / name
-    fingerprint = cv.config_fingerprint(config_path, overrides)
-    meta = {"name": name, "config_file": str(config_path), "pipeline": "lightning", "overrides": overrides,
-            "fingerprint": fingerprint, "num_folds": run_meta.get("num_folds"),
-            "source_run": str(src), "tta_views": args.tta_views}
-    cv._atomic_write(dst / cv.RUN_FILE, json.dumps(meta, indent=2))
+    record = run_store.RunRecord(name=name, config_file=str(config_path), pipeline="lightning", overrides=overrides,
+                                 fingerprint=config_fingerprint(config_path, overrides),
+                                 num_folds=run_meta.get("num_folds"))
+    run_store.open_run(dst, record)
 
-    done = cv.finished_folds(src)
+    done = run_store.finished_folds(src)
     folds = args.folds or sorted(done)
-    run = {"name": name, "out": str(dst), "wandb": False, "project": "audio-ssl"}
     failed = []
     for fold in folds:
-        final = src / f"fold{fold}" / cv.FINAL_WEIGHTS
+        final = run_store.fold_dir(src, fold) / FINAL_WEIGHTS
         if fold not in done or not final.exists():
             log.warning("fold %d: not finished in %s (no result.json or %s): skipped", fold, src, final.name)
             failed.append(fold)
             continue
-        if cv.load_fold_result(dst, fold) is not None:
+        if run_store.load_fold_result(dst, fold) is not None:
             log.info("fold %d: already in %s", fold, dst)
             continue
         start = time.perf_counter()
-        stage_dir = dst / f"fold{fold}"
-        args_f = cv.lightning_args(config_path, fold, stage_dir, run, stage="tta") + overrides
+        context = FoldContext({}, fold, run_store.fold_dir(dst, fold), config_path=config_path, run_name=name)
+        args_f = lightning_args(context, config_path, context.work_dir, stage="tta") + overrides
         # fit_stage loads final.ckpt when it exists (checked above) and never trains then
-        cli, epochs = cv.fit_stage(args_f, src / f"fold{fold}")
+        cli, epochs = fit_stage(args_f, run_store.fold_dir(src, fold))
         if cli.model.tta_views != args.tta_views:
             raise RuntimeError(f"the model has tta_views={cli.model.tta_views}, expected {args.tta_views}")
-        source = done[fold]["variants"][cv.DEFAULT_VARIANT]
-        info = {**{k: v for k, v in source["info"].items() if k not in ("wall_time_s", "configs", "device")},
-                "epochs": epochs, "tta_views": args.tta_views,
-                "protocol": f"{source['info'].get('protocol', 'supervised from scratch')}; final weights re-tested "
-                            f"with {args.tta_views}-view circular-shift TTA",
-                "configs": {"tta": cv.resolved_config_text(cli)}, "source_run": str(src)}
-        output = cv.evaluate_stage(cli, info)
-        output.info["wall_time_s"] = time.perf_counter() - start
-        result = cv.save_fold_result(dst, fold, {cv.DEFAULT_VARIANT: output}, output.info["wall_time_s"], fingerprint)
-        log.info("fold %d: acc %.4f (no TTA %.4f)", fold, result["variants"][cv.DEFAULT_VARIANT]["metrics"]["acc"],
-                 source["metrics"]["acc"])
+        source = done[fold].variants[DEFAULT_VARIANT]
+        description = dataclasses.replace(
+            source.description, epochs=epochs, wall_time_s=None, device=None,
+            protocol=f"{source.description.protocol or 'supervised from scratch'}; final weights re-tested "
+                     f"with {args.tta_views}-view circular-shift TTA",
+            configs={"tta": resolved_config_text(cli)},
+            details={**source.description.details, "tta_views": args.tta_views, "source_run": str(src)})
+        output = evaluate_stage(cli, description)
+        output.description.wall_time_s = time.perf_counter() - start
+        result = run_store.save_fold_result(dst, fold, {DEFAULT_VARIANT: output}, output.description.wall_time_s,
+                                            record.fingerprint)
+        log.info("fold %d: acc %.4f (no TTA %.4f)", fold, result.variants[DEFAULT_VARIANT].metrics["acc"],
+                 source.metrics["acc"])
 
-    results = cv.finished_folds(dst)
+    results = run_store.finished_folds(dst)
     if not results:
         log.error("no fold could be re-tested")
         return 1
-    summary = build_summary(dst, results, {**meta, **cv.git_state(), "device": cv.device_description(),
+    summary = build_summary(dst, results, {**dataclasses.asdict(record), **git_state(), "device": device_description(),
                                            "cv_config_text": config_path.read_text()})
-    write_summary(dst, summary)
-    acc = summary["variants"][cv.DEFAULT_VARIANT]["metrics"]["acc"]
+    run_store.write_summary(dst, summary, folds_frame(results))
+    acc = summary["variants"][DEFAULT_VARIANT]["metrics"]["acc"]
     print(f"{name}: acc {acc['mean']:.4f} (std {acc['std']}) over folds {summary['folds']}; summary in {dst}")
     return 1 if failed else 0
 

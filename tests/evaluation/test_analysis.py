@@ -9,9 +9,15 @@ import pytest
 import soundfile as sf
 
 from audio_ssl.evaluation.analysis import analyze_run, confidence_extremes, confused_pairs, confusion_counts
-from audio_ssl.evaluation.cross_validation import clips_digest, finished_folds, save_fold_result
-from audio_ssl.evaluation.fold import FoldOutput, predictions_frame
-from audio_ssl.evaluation.summary import build_summary, write_summary
+from audio_ssl.evaluation.fold import (
+    DatasetDescription,
+    FoldOutput,
+    ResultDescription,
+    clips_digest,
+    predictions_frame,
+)
+from audio_ssl.evaluation.run_store import finished_folds, save_fold_result, write_summary
+from audio_ssl.evaluation.summary import build_summary, folds_frame
 
 NAMES = ["cat", "dog", "owl"]
 
@@ -51,13 +57,15 @@ def test_analysis_files_for_a_run(tmp_path, capsys):
         files.append(str(path))
     files.append(str(audio / "deleted.wav"))  # a clip that is gone by analysis time: drawn as unreadable
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
-    dataset = {"dataset": "toy", "num_folds": 2, "num_clips": 10, "clips_digest": clips_digest(files),
-               "class_names": NAMES, "sample_rate": 16000}
+    dataset = DatasetDescription(name="toy", num_folds=2, num_clips=10, clips_digest=clips_digest(files),
+                                 class_names=NAMES, sample_rate=16000)
     for k, rows in ((1, slice(0, 5)), (2, slice(5, 10))):
         probs = rng.dirichlet(np.ones(3), 5)
-        output = FoldOutput({"acc": 0.0}, predictions_frame(files[rows], labels[rows], probs, NAMES), dataset)
+        output = FoldOutput({"acc": 0.0}, predictions_frame(files[rows], labels[rows], probs, NAMES),
+                            ResultDescription(dataset=dataset))
         save_fold_result(run_dir, k, {"default": output}, 1.0, "x")
-    write_summary(run_dir, build_summary(run_dir, finished_folds(run_dir), {"name": "toy"}))
+    folds = finished_folds(run_dir)
+    write_summary(run_dir, build_summary(run_dir, folds, {"name": "toy"}), folds_frame(folds))
 
     main(["cv", "--analyze-only", "toy", "--out", str(tmp_path / "results"), "--examples", "3"])
     assert "analysis written to" in capsys.readouterr().out

@@ -21,6 +21,7 @@ from audio_ssl.evaluation.baselines import (
     random_scores,
     run_baseline_fold,
 )
+from audio_ssl.evaluation.fold import FoldContext
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 5
@@ -51,10 +52,12 @@ def test_majority_matches_hand_count(imbalanced_root, tmp_path):
         train, test = meta[meta["fold"] != fold], meta[meta["fold"] == fold]
         counts = train["target"].value_counts()
         majority = int(min(counts[counts == counts.max()].index))  # ties -> lowest class index
-        output = run_baseline_fold(config_for("majority", imbalanced_root, tmp_path), fold, tmp_path)["majority"]
+        context = FoldContext(config_for("majority", imbalanced_root, tmp_path), fold, tmp_path)
+        output = run_baseline_fold(context)["majority"]
         assert output.metrics["acc"] == pytest.approx((test["target"] == majority).mean())
         assert (output.predictions["pred"] == majority).all() and len(output.predictions) == len(test)
-        assert output.info["majority_class"] == majority and output.info["train_clips"] == len(train)
+        assert output.description.details["majority_class"] == majority
+        assert output.description.details["train_clips"] == len(train)
 
 
 def test_majority_scores_are_the_training_prior_with_ties_to_the_lowest_index():
@@ -72,14 +75,14 @@ def test_random_is_chance_and_seeded(esc50_root, tmp_path):
     np.testing.assert_allclose(probs.sum(1), 1.0)
 
     config = config_for("random", esc50_root, tmp_path, seed=7)
-    first = run_baseline_fold(config, 2, tmp_path)["random"]
-    again = run_baseline_fold(config, 2, tmp_path)["random"]
+    first = run_baseline_fold(FoldContext(config, 2, tmp_path))["random"]
+    again = run_baseline_fold(FoldContext(config, 2, tmp_path))["random"]
     pd.testing.assert_frame_equal(first.predictions, again.predictions)
     meta = pd.read_csv(esc50_root / "meta" / "esc50.csv")
     labels = meta[meta["fold"] == 2]["target"].to_numpy()  # the split keeps metadata order
     expected = np.random.default_rng([7, 2]).random((len(labels), NUM_CLASSES)).argmax(1)
     assert first.metrics["acc"] == pytest.approx((expected == labels).mean())
-    other_fold = run_baseline_fold(config, 3, tmp_path)["random"]
+    other_fold = run_baseline_fold(FoldContext(config, 3, tmp_path))["random"]
     assert not np.array_equal(other_fold.predictions["top1_prob"], first.predictions["top1_prob"])
 
 
@@ -89,14 +92,14 @@ def test_mfcc_logreg_above_chance_and_features_computed_once(esc50_root, tmp_pat
     monkeypatch.setattr(baselines, "_compute_mfcc_matrix",
                         lambda cache, params, n_jobs: calls.append(params) or compute(cache, params, n_jobs))
     config = config_for("mfcc_logreg", esc50_root, tmp_path / "cache", n_mfcc=20, C=1.0, n_jobs=1)
-    outputs = [run_baseline_fold(config, fold, tmp_path)["mfcc_logreg"] for fold in range(1, 6)]
+    outputs = [run_baseline_fold(FoldContext(config, fold, tmp_path))["mfcc_logreg"] for fold in range(1, 6)]
     assert len(calls) == 1
-    assert [o.info["features_computed"] for o in outputs] == [True, False, False, False, False]
+    assert [o.description.details["features_computed"] for o in outputs] == [True, False, False, False, False]
     accuracy = np.mean([o.metrics["acc"] for o in outputs])
     assert accuracy >= 0.7, accuracy  # chance is 0.2
     assert all(np.allclose(o.predictions[[f"top{i}_prob" for i in range(1, 6)]].sum(1), 1) for o in outputs)
 
-    run_baseline_fold({**config, "n_mfcc": 13}, 1, tmp_path)  # other parameters: a new matrix
+    run_baseline_fold(FoldContext({**config, "n_mfcc": 13}, 1, tmp_path))  # other parameters: a new matrix
     assert len(calls) == 2 and calls[1].n_mfcc == 13
     assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 2
 
@@ -136,7 +139,7 @@ def test_feature_processes_agree(esc50_root, tmp_path, monkeypatch):
 
 
 def test_runner_summary_and_bad_configs(esc50_root, tmp_path):
-    from audio_ssl.evaluation.cross_validation import run_cv
+    from audio_ssl.evaluation.runner import run_cv
 
     config = config_for("majority", esc50_root, tmp_path / "cache")
     path = tmp_path / "majority.yaml"
@@ -149,11 +152,12 @@ def test_runner_summary_and_bad_configs(esc50_root, tmp_path):
     assert summary["variants"]["majority"]["metrics"]["acc"]["mean"] == pytest.approx(0.2)
 
     with pytest.raises(ValueError, match="'baseline' must be one of"):
-        run_baseline_fold({**config, "baseline": "svm"}, 1, tmp_path)
+        run_baseline_fold(FoldContext({**config, "baseline": "svm"}, 1, tmp_path))
     with pytest.raises(ValueError, match="cannot be imported"):
-        run_baseline_fold({**config, "data": {"class_path": "audio_ssl.data.Nope"}}, 1, tmp_path)
+        run_baseline_fold(FoldContext({**config, "data": {"class_path": "audio_ssl.data.Nope"}}, 1, tmp_path))
     with pytest.raises(ValueError, match="n_mfcc=50"):
-        run_baseline_fold({**config, "baseline": "mfcc_logreg", "n_mfcc": 50, "n_mels": 40}, 1, tmp_path)
+        run_baseline_fold(FoldContext({**config, "baseline": "mfcc_logreg", "n_mfcc": 50, "n_mels": 40}, 1,
+                                      tmp_path))
 
 
 @pytest.mark.parametrize("name", ["majority", "random", "mfcc_logreg"])

@@ -11,8 +11,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from audio_ssl.evaluation import cross_validation as cv
-from audio_ssl.evaluation.fold import FoldOutput, classification_metrics, predictions_frame
+from audio_ssl.evaluation import run_config
+from audio_ssl.evaluation.fold import (
+    DatasetDescription,
+    FoldContext,
+    FoldOutput,
+    ResultDescription,
+    classification_metrics,
+    predictions_frame,
+)
+from audio_ssl.evaluation.lightning_stage import lightning_args
+from audio_ssl.evaluation.registry import get_pipeline, register_pipeline
+from audio_ssl.evaluation.runner import run_cv
+from audio_ssl.evaluation.tracking import logger_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SUPERVISED = ROOT / "experiments" / "supervised_cpu.yaml"
@@ -30,11 +41,13 @@ def tiny_overrides(esc50_root, cache_dir) -> list[str]:
 CALLS: list[int] = []
 
 
-@cv.register_pipeline("test_random_scores")
-def random_scores_task(config: dict, fold: int, work_dir: Path) -> dict[str, FoldOutput]:
+@register_pipeline("test_random_scores")
+def random_scores_task(context: FoldContext) -> dict[str, FoldOutput]:
     """Tests each held-out fold of the configured data with random scores (variants 'a' and 'b')."""
     from audio_ssl.data import ESC50DataModule
 
+    config, fold = context.config, context.fold
+    assert context.work_dir.name == f"fold{fold}" and context.run_name == context.work_dir.parent.name
     CALLS.append(fold)
     dm = ESC50DataModule(**config["data"]["init_args"], test_fold=fold)
     test = dm.split([fold] + config.get("leak", []), random_crop=False)
@@ -43,7 +56,8 @@ def random_scores_task(config: dict, fold: int, work_dir: Path) -> dict[str, Fol
         probs = np.random.default_rng([seed, fold]).dirichlet(np.ones(dm.num_classes), len(test))
         outputs[variant] = FoldOutput(classification_metrics(test.labels, probs),
                                       predictions_frame(test.files, test.labels, probs, dm.class_names),
-                                      {**cv.dataset_info(dm), "method": f"random-{variant}", "epochs": 0})
+                                      ResultDescription(method=f"random-{variant}", epochs=0,
+                                                        dataset=DatasetDescription.of(dm)))
     return outputs
 
 
@@ -60,11 +74,11 @@ def random_config(tmp_path, esc50_root, cache_dir, **extra) -> Path:
 def test_every_clip_tested_once_and_resume_skips_finished_folds(tmp_path, esc50_root, cache_dir):
     config = random_config(tmp_path, esc50_root, cache_dir)
     CALLS.clear()
-    partial = cv.run_cv(config, folds=[2, 4], out=tmp_path / "results", wandb=False, analyze=False)
+    partial = run_cv(config, folds=[2, 4], out=tmp_path / "results", wandb=False, analyze=False)
     assert CALLS == [2, 4] and partial["folds"] == [2, 4] and not partial["complete"]
     assert partial["variants"]["a"]["bookkeeping"]["ok"] and not partial["variants"]["a"]["bookkeeping"]["complete"]
 
-    full = cv.run_cv(config, out=tmp_path / "results", wandb=False, analyze=False)
+    full = run_cv(config, out=tmp_path / "results", wandb=False, analyze=False)
     assert CALLS == [2, 4, 1, 3, 5]  # finished folds are not run again
     assert full["complete"] and full["bookkeeping_ok"]
     assert "exactly once" in full["variants"]["b"]["bookkeeping"]["message"]
@@ -79,13 +93,13 @@ def test_every_clip_tested_once_and_resume_skips_finished_folds(tmp_path, esc50_
     assert len(folds) == 10 and set(folds["variant"]) == {"a", "b"}
     assert full["variants"]["a"]["metrics"]["acc"]["mean"] == pytest.approx(folds[folds.variant == "a"].acc.mean())
 
-    cv.run_cv(config, out=tmp_path / "results", wandb=False, analyze=False)
+    run_cv(config, out=tmp_path / "results", wandb=False, analyze=False)
     assert len(CALLS) == 5  # a complete run only re-summarises
 
 
 def test_bookkeeping_catches_a_clip_tested_twice(tmp_path, esc50_root, cache_dir):
     config = random_config(tmp_path, esc50_root, cache_dir, leak=[1])  # every fold also tests fold 1
-    summary = cv.run_cv(config, folds=[1, 2], out=tmp_path / "results", wandb=False, analyze=False)
+    summary = run_cv(config, folds=[1, 2], out=tmp_path / "results", wandb=False, analyze=False)
     assert not summary["bookkeeping_ok"]
     message = summary["variants"]["a"]["bookkeeping"]["message"]
     assert message.startswith("FAILED") and "fold 1 and fold 2" in message
@@ -93,59 +107,63 @@ def test_bookkeeping_catches_a_clip_tested_twice(tmp_path, esc50_root, cache_dir
 
 def test_changed_config_refuses_to_resume(tmp_path, esc50_root, cache_dir):
     config = random_config(tmp_path, esc50_root, cache_dir)
-    cv.run_cv(config, folds=[1], out=tmp_path / "results", wandb=False, analyze=False)
+    run_cv(config, folds=[1], out=tmp_path / "results", wandb=False, analyze=False)
     with pytest.raises(ValueError, match="different config or overrides"):
-        cv.run_cv(config, folds=[1], out=tmp_path / "results", overrides=["--trainer.max_epochs", "2"],
+        run_cv(config, folds=[1], out=tmp_path / "results", overrides=["--trainer.max_epochs", "2"],
                   wandb=False, analyze=False)
     with pytest.raises(ValueError, match=r"folds \[6\] are out of range"):
-        cv.run_cv(config, folds=[6], out=tmp_path / "results", name="other", wandb=False)
+        run_cv(config, folds=[6], out=tmp_path / "results", name="other", wandb=False)
 
 
 def test_pipeline_registry(tmp_path):
     with pytest.raises(KeyError, match="unknown pipeline 'nope'.*pretrain_probe"):
-        cv.get_pipeline("nope")
-    assert cv.get_pipeline("pretrain_probe").__name__ == "pretrain_probe"  # imported on first lookup
-    assert cv.get_pipeline("lightning") is cv.lightning_task
+        get_pipeline("nope")
+    assert get_pipeline("pretrain_probe").__name__ == "pretrain_probe"  # imported on first lookup
+    from audio_ssl.evaluation.pipelines import lightning_task
+
+    assert get_pipeline("lightning") is lightning_task
     with pytest.raises(ValueError, match="already registered"):
-        cv.register_pipeline("lightning")(random_scores_task)
+        register_pipeline("lightning")(random_scores_task)
 
 
 def test_config_helpers(tmp_path):
-    assert cv.parse_set_overrides(["trainer.max_epochs=3", "--data.init_args.batch_size=4"]) == [
+    assert run_config.parse_set_overrides(["trainer.max_epochs=3", "--data.init_args.batch_size=4"]) == [
         "--trainer.max_epochs", "3", "--data.init_args.batch_size", "4"]
     with pytest.raises(ValueError, match="key=value"):
-        cv.parse_set_overrides(["trainer.max_epochs"])
-    assert cv.infer_num_folds(cv.load_config(SUPERVISED), SUPERVISED) == 5
+        run_config.parse_set_overrides(["trainer.max_epochs"])
+    assert run_config.infer_num_folds(run_config.load_config(SUPERVISED), SUPERVISED) == 5
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(f"pipeline: pretrain_probe\npretrain: {SUPERVISED}\n")
-    assert cv.infer_num_folds(cv.load_config(pipeline), pipeline) == 5
-    assert cv.config_fingerprint(pipeline, []) != cv.config_fingerprint(pipeline, ["--x", "1"])
+    assert run_config.infer_num_folds(run_config.load_config(pipeline), pipeline) == 5
+    assert run_config.config_fingerprint(pipeline, []) != run_config.config_fingerprint(pipeline, ["--x", "1"])
     pipeline.write_text(f"# a comment\npipeline: pretrain_probe\npretrain: {SUPERVISED}\n")
-    first = cv.config_fingerprint(pipeline, [])
-    assert first == cv.config_fingerprint(pipeline, [])  # comments do not change it
+    first = run_config.config_fingerprint(pipeline, [])
+    assert first == run_config.config_fingerprint(pipeline, [])  # comments do not change it
     bare = tmp_path / "bare.yaml"
     bare.write_text("pipeline: baseline\n")
     with pytest.raises(ValueError, match="cannot tell the number of folds"):
-        cv.infer_num_folds(cv.load_config(bare), bare)
+        run_config.infer_num_folds(run_config.load_config(bare), bare)
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
-        cv.resolve_path({"pretrain": "missing.yaml", cv.CONFIG_PATH_KEY: str(pipeline)}, "pretrain")
+        run_config.resolve_path({"pretrain": "missing.yaml"}, "pretrain", pipeline)
+    context = FoldContext({"pretrain": SUPERVISED.name}, 1, tmp_path, config_path=SUPERVISED)
+    assert context.resolve_path("pretrain") == SUPERVISED
 
 
 def test_wandb_logger_wiring(tmp_path, monkeypatch):
-    run = {"name": "exp", "wandb": True, "project": "proj"}
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    csv, wandb = cv.logger_spec(run, tmp_path, "exp-fold2", "fit")
+    csv, wandb = logger_spec(tmp_path, "exp-fold2", "fit", group="exp", project="proj")
     assert csv["class_path"].endswith("CSVLogger")
     assert wandb["init_args"] == {"project": "proj", "name": "exp-fold2", "group": "exp", "job_type": "fit",
                                   "save_dir": str(tmp_path), "offline": True}
     monkeypatch.setenv("WANDB_MODE", "online")
-    assert cv.logger_spec(run, tmp_path, "x", "fit")[1]["init_args"]["offline"] is False
-    assert len(cv.logger_spec({**run, "wandb": False}, tmp_path, "x", "fit")) == 1
-    args = cv.lightning_args(SUPERVISED, 3, tmp_path, run, stage="pretrain")
+    assert logger_spec(tmp_path, "x", "fit", group="exp")[1]["init_args"]["offline"] is False
+    assert len(logger_spec(tmp_path, "x", "fit")) == 1
+    context = FoldContext({}, 3, tmp_path, run_name="exp", wandb=True, wandb_project="proj")
+    args = lightning_args(context, SUPERVISED, tmp_path, stage="pretrain")
     assert args[args.index("--data.init_args.test_fold") + 1] == "3"
     logger = json.loads(args[args.index("--trainer.logger") + 1])
     assert logger[1]["init_args"]["name"] == "exp-fold3-pretrain" and logger[1]["init_args"]["group"] == "exp"
-    assert cv.wandb_project(cv.load_config(SUPERVISED)) == "audio-ssl"
+    assert run_config.wandb_project(run_config.load_config(SUPERVISED)) == "audio-ssl"
 
 
 def test_lightning_cv_end_to_end_with_resume(tmp_path, esc50_root, cache_dir, monkeypatch, capsys):
@@ -193,7 +211,7 @@ def test_pretrain_finetune_uses_the_pretrained_encoder(tmp_path, esc50_root, cac
     config = tmp_path / "finetune.yaml"
     config.write_text(yaml.safe_dump({"pipeline": "pretrain_finetune", "pretrain": str(SUPERVISED),
                                       "finetune": str(SUPERVISED)}))
-    summary = cv.run_cv(config, folds=[2], out=tmp_path / "results", overrides=tiny_overrides(esc50_root, cache_dir),
+    summary = run_cv(config, folds=[2], out=tmp_path / "results", overrides=tiny_overrides(esc50_root, cache_dir),
                         wandb=False, analyze=False)
     assert set(summary["variants"]) == {"pretrained", "random_init"}
     fold = tmp_path / "results" / "finetune" / "fold2"

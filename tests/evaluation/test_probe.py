@@ -66,13 +66,13 @@ def test_probe_config_files_and_errors(tmp_path):
     shared = P.load_probe_config("linear_probe.yaml", ROOT / "experiments")
     assert shared.Cs == [0.01, 0.1, 1.0, 10.0] and shared.solver == "lbfgs" and shared.standardize
     assert P.load_probe_config({"C": 2.0}).Cs == [2.0]
-    from audio_ssl.evaluation.cross_validation import CONFIG_PATH_KEY, load_config, resolve_path
     from audio_ssl.evaluation.pipelines import check_pipeline_config
+    from audio_ssl.evaluation.run_config import load_config, resolve_path
 
-    shipped = {**load_config(ROOT / "experiments" / "linear_probe.yaml"),
-               CONFIG_PATH_KEY: str(ROOT / "experiments" / "linear_probe.yaml")}
-    check_pipeline_config(shipped, "pretrain_probe")  # the shipped file is a valid pipeline config too
-    assert resolve_path(shipped, "pretrain") == SUPERVISED
+    shipped_path = ROOT / "experiments" / "linear_probe.yaml"
+    shipped = load_config(shipped_path)
+    check_pipeline_config(shipped, "pretrain_probe", str(shipped_path))  # a valid pipeline config too
+    assert resolve_path(shipped, "pretrain", shipped_path) == SUPERVISED
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['transductve'\]"):
         check_pipeline_config({**shipped, "transductve": True}, "pretrain_probe")
     with pytest.raises(ValueError, match=r"probe: unknown probe setting\(s\) \['lr'\]"):
@@ -116,7 +116,9 @@ def test_probe_never_updates_the_encoder(tiny_model_and_data, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN buffers untouched
     assert model.training and [p.requires_grad for p in model.parameters()] == requires_grad
     assert len(output.predictions) == 10 and 0 <= output.metrics["acc"] <= 1
-    assert output.info["embedding_dim"] == 16 and output.info["probe_C"] in (0.1, 1.0)
+    details = output.description.details
+    assert details["embedding_dim"] == 16 and details["probe_C"] in (0.1, 1.0)
+    assert output.description.protocol == "linear probe (frozen encoder)"
     np.testing.assert_array_equal(P.fold_groups(dm, train_set), np.repeat([2, 3, 4, 5], 10))
 
     model.eval()
@@ -151,8 +153,9 @@ def test_embeddings_are_cached_per_weights(tiny_model_and_data, tmp_path, monkey
 def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, monkeypatch, capsys):
     """SupervisedClassifier stands in as the pretraining method (any BaseMethod with embed works)."""
     from audio_ssl.cli import build_cli
-    from audio_ssl.evaluation.cross_validation import CONFIG_PATH_KEY, OVERRIDES_KEY, RUN_KEY, run_cv
+    from audio_ssl.evaluation.fold import FoldContext
     from audio_ssl.evaluation.pipelines import pretrain_stage
+    from audio_ssl.evaluation.runner import run_cv
     from audio_ssl.evaluation.summary import results_table
 
     monkeypatch.chdir(tmp_path)
@@ -199,9 +202,9 @@ def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, mon
     assert (tmp_path / "standalone" / "fold3_pretrained.csv").exists()
 
     # The random_init variant is the config's model exactly as instantiated (seeded), before any training.
-    task_config = {**yaml.safe_load(config.read_text()), CONFIG_PATH_KEY: str(config), OVERRIDES_KEY: overrides,
-                   RUN_KEY: {"name": "probe_pipeline", "wandb": False}}
-    stage = pretrain_stage(task_config, 3, run_dir / "fold3")  # final.ckpt exists: loads, does not train
+    context = FoldContext(yaml.safe_load(config.read_text()), 3, run_dir / "fold3", config_path=config,
+                          overrides=tuple(overrides), run_name="probe_pipeline")
+    stage = pretrain_stage(context)  # final.ckpt exists: loads, does not train
     fresh = build_cli(["--config", str(SUPERVISED), *overrides, "--trainer.logger", "false"], run=False).model
     untrained, trained = stage.untrained.state_dict(), stage.cli.model.state_dict()
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in untrained.items())

@@ -8,32 +8,38 @@ import math
 import numpy as np
 import pytest
 
-from audio_ssl.evaluation.cross_validation import clips_digest, finished_folds, save_fold_result
-from audio_ssl.evaluation.fold import FoldOutput, predictions_frame
+from audio_ssl.evaluation.fold import (
+    DatasetDescription,
+    FoldOutput,
+    ResultDescription,
+    clips_digest,
+    predictions_frame,
+)
+from audio_ssl.evaluation.run_store import finished_folds, save_fold_result, write_summary
 from audio_ssl.evaluation.summary import (
     build_summary,
     check_bookkeeping,
     folds_frame,
     metric_stats,
     results_table,
-    write_summary,
 )
 
 CLIPS = {1: ["a.wav", "b.wav"], 2: ["c.wav", "d.wav"], 3: ["e.wav", "f.wav"]}
 LABELS = {1: [0, 1], 2: [0, 1], 3: [1, 1]}
 PROBS = {1: [[0.9, 0.1], [0.6, 0.4]], 2: [[0.2, 0.8], [0.3, 0.7]], 3: [[0.1, 0.9], [0.2, 0.8]]}
 ACC = {1: 0.5, 2: 0.5, 3: 1.0}  # predictions: fold 1 -> 0, 0; fold 2 -> 1, 1; fold 3 -> 1, 1
-DATASET = {"dataset": "toy", "num_folds": 3, "num_clips": 6, "clips_digest": clips_digest(sum(CLIPS.values(), [])),
-           "class_names": ["cat", "dog"], "sample_rate": 16000}
+DATASET = DatasetDescription(name="toy", num_folds=3, num_clips=6, clips_digest=clips_digest(sum(CLIPS.values(), [])),
+                             class_names=["cat", "dog"], sample_rate=16000)
 
 
 def write_run(run_dir, folds=(1, 2, 3)):
     for k in folds:
         outputs = {}
-        for variant, extra in (("v", {"method": "M", "epochs": 3}),
-                               ("w", {"method": "R", "transductive": True, "wall_time_s": 5.0, "epochs": 0})):
+        for variant, description in (
+                ("v", ResultDescription(method="M", epochs=3, dataset=DATASET, details={"seed": k})),
+                ("w", ResultDescription(method="R", transductive=True, wall_time_s=5.0, epochs=0, dataset=DATASET))):
             frame = predictions_frame(CLIPS[k], LABELS[k], np.array(PROBS[k]), ["cat", "dog"])
-            outputs[variant] = FoldOutput({"acc": ACC[k], "f1": 0.1 * k}, frame, {**DATASET, **extra})
+            outputs[variant] = FoldOutput({"acc": ACC[k], "f1": 0.1 * k}, frame, description)
         save_fold_result(run_dir, k, outputs, wall_time_s=10.0 * k, fingerprint="x")
 
 
@@ -64,9 +70,10 @@ def test_summary_of_a_run_by_hand(tmp_path):
     assert summary["variants"]["w"]["transductive"] and summary["notes"] == ["w: pretraining saw test-fold audio"]
     assert summary["dataset"] == "toy" and summary["class_names"] == ["cat", "dog"]
     assert summary["configs"]["cv_config"] == "model: x\n"
+    assert v["details"] == {"1": {"seed": 1}, "2": {"seed": 2}, "3": {"seed": 3}}
 
-    write_summary(tmp_path, summary)
     folds = folds_frame(finished_folds(tmp_path))
+    write_summary(tmp_path, summary, folds)
     assert list(folds["fold"]) == [1, 1, 2, 2, 3, 3] and list(folds["acc"][::2]) == [0.5, 0.5, 1.0]
     assert json.loads((tmp_path / "summary.json").read_text())["variants"]["v"]["metrics"]["acc"]["min"] == 0.5
     assert (tmp_path / "folds.csv").read_text().startswith("fold,variant,acc,f1,fold_wall_time_s")

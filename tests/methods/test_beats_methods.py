@@ -21,8 +21,9 @@ from audio_ssl.evaluation.beats_probe import (
     feature_cache_path,
     run_beats_probe,
 )
-from audio_ssl.evaluation.cross_validation import get_pipeline
+from audio_ssl.evaluation.fold import FoldContext
 from audio_ssl.evaluation.probe import ProbeConfig
+from audio_ssl.evaluation.registry import get_pipeline
 from audio_ssl.methods.beats import BEATsClassifier, beats_parameter_groups, masked_mean
 from audio_ssl.models.beats import BEATs, BEATsCheckpointError, BEATsConfig, save_beats_checkpoint
 from audio_ssl.tools.make_beats_checkpoint import beats_config, ensure_tiny_checkpoint, make_beats_checkpoint
@@ -340,15 +341,17 @@ def test_cached_probe_over_folds(tiny_ckpt, esc50_root, cache_dir, tmp_path) -> 
     outputs = run_beats_probe(str(tiny_ckpt), dm, test_folds=[1, 2], probe=probe, feature_cache_dir=tmp_path)
     assert set(outputs) == {1, 2}
     # Each of the 5 folds (10 clips each) went through the encoder exactly once over both held-out folds.
-    assert outputs[1].info["clips_extracted"] == 50 and outputs[2].info["clips_extracted"] == 0
+    assert outputs[1].description.details["clips_extracted"] == 50 and outputs[2].description.details["clips_extracted"] == 0
     assert len(list(tmp_path.glob("beats-*-esc50-fold*-final-*.npz"))) == 5
     for fold, out in outputs.items():
-        assert out.info["train_folds"] == [f for f in range(1, 6) if f != fold]
+        assert out.description.details["train_folds"] == [f for f in range(1, 6) if f != fold]
         assert len(out.predictions) == 10 and 0.0 <= out.metrics["acc"] <= 1.0
-        assert out.info["probe_C"] in (0.1, 1.0) and set(out.info["probe_C_scores"]) == {"0.1", "1"}
-        json.dumps(out.info, default=str)
+        details = out.description.details
+        assert details["probe_C"] in (0.1, 1.0) and set(details["probe_C_scores"]) == {"0.1", "1"}
+        assert out.description.dataset.num_clips == 50 and out.description.epochs == 0
+        json.dumps(details)
     again = run_beats_probe(str(tiny_ckpt), dm, test_folds=[2], probe=probe, feature_cache_dir=tmp_path)
-    assert again[2].info["clips_extracted"] == 0
+    assert again[2].description.details["clips_extracted"] == 0
     assert again[2].metrics == outputs[2].metrics
     # The cross-validation runner's task (pipeline: beats_probe) reads the same cache.
     config = {"checkpoint": str(tiny_ckpt), "feature_cache_dir": str(tmp_path),
@@ -356,11 +359,11 @@ def test_cached_probe_over_folds(tiny_ckpt, esc50_root, cache_dir, tmp_path) -> 
               "data": {"class_path": "audio_ssl.data.ESC50DataModule",
                        "init_args": {"data_dir": str(esc50_root), "clip_seconds": 1.0, "num_workers": 0,
                                      "cache_dir": str(cache_dir)}}}
-    task = get_pipeline("beats_probe")(config, 1, tmp_path / "work")
-    assert task["beats_probe"].info["clips_extracted"] == 0
+    task = get_pipeline("beats_probe")(FoldContext(config, 1, tmp_path / "work"))
+    assert task["beats_probe"].description.details["clips_extracted"] == 0
     assert task["beats_probe"].metrics == outputs[1].metrics
     with pytest.raises(ValueError, match="'checkpoint:'.*BEATs_iter3_plus_AS2M.pt"):
-        beats_probe_task({**config, "checkpoint": None}, 1, tmp_path)
+        beats_probe_task(FoldContext({**config, "checkpoint": None}, 1, tmp_path))
 
 
 def test_ensure_tiny_checkpoint(tmp_path: Path) -> None:

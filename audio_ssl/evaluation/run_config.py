@@ -1,0 +1,125 @@
+"""The config of a cross-validation run: loading the YAML, resolving the paths it names, its fingerprint (what
+makes two runs the same run), the number of folds of its dataset, and ``--set`` overrides.
+
+A config with no top-level ``pipeline:`` key is a plain Lightning CLI YAML; a pipeline config names other
+YAMLs (``pretrain: simclr_cpu.yaml``), relative to its own folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Parse a YAML config; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(config).__name__}")
+    return config
+
+
+def resolve_path(config: dict, key: str, config_path: Path | None, required: bool = True) -> Path | None:
+    """``config[key]`` as an existing file, relative to the folder of ``config_path`` (the file the config came
+    from; ``None``: the working directory)."""
+    value = config.get(key)
+    source = str(config_path) if config_path is not None else "<config>"
+    if value is None:
+        if required:
+            raise ValueError(f"{source}: the pipeline needs a '{key}:' entry (a path to a Lightning YAML)")
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{source}: '{key}' must be a path string, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (Path(config_path).parent if config_path is not None else Path.cwd()) / path
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: '{key}: {value}' points to {path}, which does not exist")
+    return path.resolve()
+
+
+def referenced_configs(config: dict, base: Path) -> dict[str, Path]:
+    """Top-level entries of a pipeline config that name an existing YAML file (``pretrain``, ``probe``, ...)."""
+    found = {}
+    for key, value in config.items():
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else base.parent / path
+            if path.is_file():
+                found[key] = path.resolve()
+    return found
+
+
+def config_fingerprint(config_path: Path, overrides: Sequence[str]) -> str:
+    """Hash of the parsed config, every YAML it references and the overrides (comments do not count)."""
+    config = load_config(config_path)
+    parts = {"config": config, "overrides": list(overrides)}
+    for key, path in sorted(referenced_configs(config, config_path).items()):
+        parts[f"ref:{key}"] = load_config(path)
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def infer_num_folds(config: dict, config_path: Path) -> int:
+    """Folds of the data module a config (or a YAML it references) names by ``data.class_path``."""
+    data = config.get("data")
+    if isinstance(data, dict) and isinstance(data.get("class_path"), str):
+        module_name, _, class_name = data["class_path"].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"{config_path}: data.class_path {data['class_path']!r} cannot be imported: {err}") from err
+        if getattr(cls, "num_folds", 0):
+            return int(cls.num_folds)
+    for path in referenced_configs(config, config_path).values():
+        try:
+            return infer_num_folds(load_config(path), path)
+        except ValueError:
+            continue
+    raise ValueError(f"{config_path}: cannot tell the number of folds (no data.class_path here or in the YAMLs it "
+                     "references); pass --folds")
+
+
+def parse_set_overrides(items: Sequence[str]) -> list[str]:
+    """``["trainer.max_epochs=3"]`` -> ``["--trainer.max_epochs", "3"]``."""
+    args = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. --set trainer.max_epochs=3")
+        args += [f"--{key.strip().lstrip('-')}", value]
+    return args
+
+
+def wandb_project(config: dict) -> str:
+    """The W&B project named by a Lightning YAML's WandbLogger, else ``audio-ssl``."""
+    loggers = (config.get("trainer") or {}).get("logger")
+    for spec in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(spec, dict) and str(spec.get("class_path", "")).endswith("WandbLogger"):
+            project = (spec.get("init_args") or {}).get("project")
+            if project:
+                return str(project)
+    return "audio-ssl"
+
+
+def project_for(config: dict, config_path: Path) -> str:
+    """W&B project of a run: from the config's trainer section, else from the first referenced YAML that has one."""
+    if "trainer" in config:
+        return wandb_project(config)
+    for path in referenced_configs(config, config_path).values():
+        sub = load_config(path)
+        if "trainer" in sub:
+            return wandb_project(sub)
+    return "audio-ssl"

@@ -1,0 +1,127 @@
+"""The cross-validation runner: one fold task per held-out fold of the dataset's official folds, everything
+else identical, then the summary and the error analysis.
+
+:func:`run_cv` reads the config (:mod:`~audio_ssl.evaluation.run_config`), looks its pipeline up in the
+registry (:mod:`~audio_ssl.evaluation.registry`; a plain Lightning YAML runs as ``"lightning"``), and for each
+fold that has not finished yet calls the task with a :class:`~audio_ssl.evaluation.fold.FoldContext` and keeps
+what it returns in the run folder (:mod:`~audio_ssl.evaluation.run_store`, which also describes the layout of
+``<out>/<NAME>/``). Finished folds are skipped on a re-run; a run folder made by another config or other
+overrides is refused. At the end it writes ``folds.csv`` and ``summary.json``
+(:mod:`~audio_ssl.evaluation.summary`), the analysis (:mod:`~audio_ssl.evaluation.analysis`), and logs to W&B
+(:mod:`~audio_ssl.evaluation.tracking`) when enabled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from audio_ssl.evaluation import run_store
+from audio_ssl.evaluation.analysis import analyze_run
+from audio_ssl.evaluation.fold import FoldContext
+from audio_ssl.evaluation.registry import DEFAULT_PIPELINE, get_pipeline
+from audio_ssl.evaluation.run_config import config_fingerprint, infer_num_folds, load_config, project_for
+from audio_ssl.evaluation.summary import build_summary, folds_frame
+from audio_ssl.evaluation.tracking import finish_wandb, log_fold, log_summary
+
+log = logging.getLogger(__name__)
+
+
+def git_state(repo: Path | None = None) -> dict:
+    """The commit the code runs from and whether the working tree has uncommitted changes."""
+    import subprocess
+
+    repo = repo or Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return {"git_commit": commit, "git_dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": None}
+
+
+def device_description() -> str:
+    """The accelerator (or CPU and threads) the run uses, for the summary."""
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def run_cv(
+    config_path: str | os.PathLike,
+    folds: Sequence[int] | None = None,
+    name: str | None = None,
+    out: str | os.PathLike = "results",
+    overrides: Sequence[str] = (),
+    wandb: bool = True,
+    analyze: bool = True,
+    examples: int = 8,
+) -> dict:
+    """Run a config once per held-out fold and summarise; returns the summary (also in ``<out>/<name>/``).
+
+    ``folds`` defaults to every fold of the dataset. ``overrides`` are Lightning CLI arguments added to every
+    Lightning run (after the config's own). Folds whose results are on disk are not run again; a run folder
+    made from a different config or overrides is refused.
+    """
+    config_path = Path(config_path).resolve()
+    config = load_config(config_path)
+    pipeline = config.get("pipeline", DEFAULT_PIPELINE)
+    if not isinstance(pipeline, str):
+        raise ValueError(f"{config_path}: 'pipeline' must be a name, got {pipeline!r}")
+    task = get_pipeline(pipeline)
+    name = name or config_path.stem
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"--name {name!r}: use a plain folder name")
+    num_folds = infer_num_folds(config, config_path)
+    folds = sorted(set(folds)) if folds else list(range(1, num_folds + 1))
+    bad = [f for f in folds if not 1 <= f <= num_folds]
+    if bad:
+        raise ValueError(f"folds {bad} are out of range: {config_path.name} uses a dataset with folds 1..{num_folds}")
+    overrides = tuple(overrides)
+    run_dir = Path(out) / name
+    record = run_store.RunRecord(name=name, config_file=str(config_path), pipeline=pipeline,
+                                 overrides=list(overrides), fingerprint=config_fingerprint(config_path, overrides),
+                                 num_folds=num_folds)
+    run_store.open_run(run_dir, record)
+
+    if wandb:
+        os.environ.setdefault("WANDB_MODE", "offline")
+    project = project_for(config, config_path)
+
+    for fold in folds:
+        if run_store.load_fold_result(run_dir, fold) is not None:
+            log.info("fold %d already finished in %s: skipped", fold, run_dir)
+            continue
+        context = FoldContext(config=config, fold=fold, work_dir=run_store.fold_dir(run_dir, fold),
+                              config_path=config_path, overrides=overrides, run_name=name, wandb=wandb,
+                              wandb_project=project)
+        context.work_dir.mkdir(parents=True, exist_ok=True)
+        log.info("fold %d/%d: running %s", fold, num_folds, pipeline)
+        start = time.perf_counter()
+        outputs = task(context)
+        result = run_store.save_fold_result(run_dir, fold, outputs, time.perf_counter() - start,
+                                            record.fingerprint)
+        if wandb:
+            log_fold(name, project, fold, {v: r.metrics for v, r in result.variants.items()}, result.wall_time_s,
+                     context.work_dir)
+        finish_wandb()
+
+    fold_results = run_store.finished_folds(run_dir)
+    summary = build_summary(run_dir, fold_results,
+                            {**vars(record), **git_state(), "device": device_description(),
+                             "cv_config_text": config_path.read_text()})
+    folds_table = folds_frame(fold_results)
+    run_store.write_summary(run_dir, summary, folds_table)
+    analysis_files = analyze_run(run_dir, examples=examples) if analyze else {}
+    if wandb:
+        log_summary(name, project, summary, folds_table, run_dir, analysis_files)
+    return summary
