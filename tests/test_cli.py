@@ -1,5 +1,6 @@
 """The Lightning CLI end to end: every config parses and runs fast_dev_run, a real short fit, W&B offline,
-resume from last.ckpt, and resume after SIGKILL mid-epoch."""
+resume from last.ckpt (also when validation never improves), extending a finished run, resume after SIGKILL
+mid-epoch, one run per checkpoint folder, and no evaluation of untrained weights."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 import yaml
 
 from audio_ssl.cli import build_cli
+from audio_ssl.utils.checkpoints import RUN_FILE, RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = Path(__file__).resolve().parent / "fast_dev_run"
@@ -91,8 +93,10 @@ def test_short_fit_learns_synthetic_classes(esc50_root, cache_dir, tmp_path, mon
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     result = cli.trainer.test(cli.model, datamodule=cli.datamodule)[0]
     assert result["test/acc"] > 0.5  # 5 classes: chance is 0.2
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert list((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 11 and last["global_step"] == cli.trainer.global_step  # the final state
+    # no val_fold: validation ran on the test fold, so no checkpoint may be chosen there
+    assert not list((tmp_path / "checkpoints").glob("best*"))
     assert list(tmp_path.rglob("test_confusion_matrix.png"))
 
 
@@ -100,7 +104,7 @@ def test_wandb_offline_run_directory(esc50_root, cache_dir, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     config = ROOT / "experiments" / "supervised_cpu.yaml"
-    args = ["test", *fit_args(config, esc50_root, cache_dir, tmp_path, epochs=1)]
+    args = ["test", *fit_args(config, esc50_root, cache_dir, tmp_path, epochs=1), "--allow_untrained", "true"]
     args[args.index("--trainer.logger") + 1] = json.dumps([{
         "class_path": "lightning.pytorch.loggers.WandbLogger",
         "init_args": {"project": "audio-ssl-test", "save_dir": str(tmp_path), "offline": True}}])
@@ -138,6 +142,105 @@ def test_resume_from_last_checkpoint(esc50_root, cache_dir, tmp_path, monkeypatc
     second = build_cli(["fit", *args, "--ckpt_path", "last"])
     assert second.trainer.current_epoch == 3
     assert second.trainer.global_step == 3 * steps_per_epoch  # continued, not restarted
+
+
+class LogConstant(L.Callback):
+    """Logs ``val/const`` = 0.5 every validation: a monitored metric that never improves after epoch 0."""
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        pl_module.log("val/const", 0.5)
+
+
+def weights(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_last_is_the_final_state_when_validation_never_improves(esc50_root, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "experiments" / "supervised_cpu.yaml"
+    args = fit_args(config, esc50_root, cache_dir, tmp_path, epochs=3) + [
+        "--data.init_args.val_fold", "4", "--checkpoint.monitor", "val/const"]
+    first = build_cli(args, run=False)
+    first.trainer.callbacks.insert(0, LogConstant())
+    first.trainer.fit(first.model, datamodule=first.datamodule)
+    final_step, final_weights = first.trainer.global_step, weights(first.model)
+    folder = tmp_path / "checkpoints"
+    # the monitored checkpoint stays at epoch 0 (never improved); last.ckpt is the end of epoch 2
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["best-epoch=000.ckpt", "last.ckpt"]
+    assert not list(folder.glob("*.partial"))
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == final_step
+    assert_same_weights({k: v for k, v in last["state_dict"].items()}, final_weights)
+    assert torch.load(folder / "best-epoch=000.ckpt", weights_only=True)["global_step"] == final_step // 3
+
+    resumed = build_cli(["fit", *args, "--ckpt_path", "last"])  # a finished run: nothing left to train
+    assert resumed.trainer.current_epoch == 3 and resumed.trainer.global_step == final_step
+    assert_same_weights(weights(resumed.model), final_weights)
+
+
+def test_extending_a_finished_run_continues_its_schedule(esc50_root, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "experiments" / "supervised_cpu.yaml"  # onecycle: its length is the run's length
+    args = fit_args(config, esc50_root, cache_dir, tmp_path, epochs=2)
+    first = build_cli(["fit", *args])
+    steps_per_epoch = first.trainer.global_step // 2
+    extended = build_cli(["fit", *args, "--trainer.max_epochs", "3", "--ckpt_path", "last"])
+    assert extended.trainer.current_epoch == 3
+    assert extended.trainer.global_step == 3 * steps_per_epoch  # continued, not restarted
+    schedule = extended.trainer.lr_scheduler_configs[0].scheduler
+    assert schedule.total_steps == 3 * steps_per_epoch and schedule.last_epoch == 3 * steps_per_epoch
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_one_run_per_checkpoint_folder(esc50_root, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "experiments" / "supervised_cpu.yaml"
+    args = fit_args(config, esc50_root, cache_dir, tmp_path, epochs=1) + ["--trainer.limit_train_batches", "2",
+                                                                          "--trainer.limit_val_batches", "1"]
+    folder = tmp_path / "checkpoints"
+    build_cli(["fit", *args])
+    recorded = json.loads((folder / RUN_FILE).read_text())
+    assert recorded["identity"]["model"]["class_path"] == "audio_ssl.methods.SupervisedClassifier"
+    assert "data_dir" not in recorded["identity"]["data"]["init_args"]
+    first_bytes = (folder / "last.ckpt").read_bytes()
+
+    # a fresh fit into the folder would mix two runs: refused, naming the folder and the ways out
+    with pytest.raises(RunFolderError) as refused:
+        build_cli(["fit", *args])
+    message = str(refused.value)
+    assert str(folder) in message and "--ckpt_path last" in message and "--checkpoint.dirpath" in message
+    assert "--checkpoint.existing_run overwrite" in message
+    assert (folder / "last.ckpt").read_bytes() == first_bytes
+
+    # resuming it with another model config is refused, naming the differing key
+    with pytest.raises(RunFolderError, match=r"model\.init_args\.lr: 0\.001 -> 0\.01"):
+        build_cli(["fit", *args, "--trainer.max_epochs", "2", "--model.init_args.lr", "0.01", "--ckpt_path", "last"])
+
+    # overwrite: the old checkpoints go, a new run starts; never a last-v1.ckpt for `--ckpt_path last` to pick
+    again = build_cli(["fit", *args, "--model.init_args.lr", "0.01", "--checkpoint.existing_run", "overwrite"])
+    assert again.trainer.global_step == 2
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["last.ckpt", RUN_FILE]
+    assert json.loads((folder / RUN_FILE).read_text())["identity"]["model"]["init_args"]["lr"] == 0.01
+    assert torch.load(folder / "last.ckpt", weights_only=True)["hyper_parameters"]["lr"] == 0.01
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluating_untrained_weights_is_refused(subcommand, esc50_root, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "experiments" / "supervised_cpu.yaml"
+    args = fit_args(config, esc50_root, cache_dir, tmp_path, epochs=1)
+    with pytest.raises(ValueError, match=f"audio-ssl {subcommand}: no --ckpt_path.*--allow_untrained true"):
+        build_cli([subcommand, *args])
+    encoder = tmp_path / "encoder.ckpt"
+    encoder.write_bytes(b"")  # never read: the refusal comes first
+    with pytest.raises(ValueError, match="encoder.ckpt initialises only the encoder, the classifier head"):
+        build_cli([subcommand, *args, "--model.init_args.init_encoder_from", str(encoder)])
 
 
 KILLER = textwrap.dedent(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class LARS(torch.optim.Optimizer):
@@ -91,10 +95,65 @@ def warmup_cosine(total_steps: int, warmup_steps: int, final_fraction: float = 0
     return factor
 
 
+class ResizableSchedule:
+    """Mixin for a per-step schedule that knows its length (``self.total_steps``) and can continue a run whose
+    length changed.
+
+    ``load_state_dict`` of a state saved with the same ``total_steps`` restores it exactly. A state saved with a
+    different length (a finished run extended with a larger ``max_epochs``) keeps this schedule, built for the
+    new total, and adopts only the position (``last_epoch``, the number of steps taken); the optimizer's learning
+    rates are set to this schedule's value at that position. A position past the new total raises ValueError.
+    """
+
+    total_steps: int
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved_total = state_dict.get("total_steps")
+        if saved_total is None or saved_total == self.total_steps:
+            super().load_state_dict(state_dict)
+            return
+        position = int(state_dict["last_epoch"])
+        if position > self.total_steps:
+            raise ValueError(
+                f"the checkpoint's {type(self).__name__} has taken {position} of {saved_total} steps, but this run's "
+                f"schedule has only {self.total_steps}: a run cannot be shortened below the steps already trained; "
+                "raise trainer.max_epochs / max_steps, or start a new run in a new checkpoint.dirpath"
+            )
+        log.warning("%s: the checkpoint's schedule had %d steps, this run has %d; continuing at step %d of the "
+                    "new schedule", type(self).__name__, saved_total, self.total_steps, position)
+        self.last_epoch = position
+        self._step_count = int(state_dict.get("_step_count", position + 1))
+        with warnings.catch_warnings():  # get_lr outside step() only warns; the position is set on purpose
+            warnings.simplefilter("ignore")
+            lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+class OneCycleSchedule(ResizableSchedule, torch.optim.lr_scheduler.OneCycleLR):
+    """:class:`torch.optim.lr_scheduler.OneCycleLR` that continues at a new length on resume (see
+    :class:`ResizableSchedule`)."""
+
+
+class WarmupCosineSchedule(ResizableSchedule, torch.optim.lr_scheduler.LambdaLR):
+    """Linear warm-up over ``warmup_steps`` then cosine to ``final_fraction`` of each group's lr, stepped once
+    per optimizer step for ``total_steps`` steps; continues at a new length on resume (see
+    :class:`ResizableSchedule`)."""
+
+    def __init__(self, optimizer, total_steps: int, warmup_steps: int, final_fraction: float = 0.0):
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = int(warmup_steps)
+        super().__init__(optimizer, warmup_cosine(self.total_steps, self.warmup_steps, final_fraction))
+
+
 def build_scheduler(name: str, optimizer, total_steps: int, warmup_fraction: float = 0.1,
                     max_lr: float | list[float] | None = None):
-    """A per-step schedule: ``onecycle`` (peaks at ``max_lr``, default 4x each group's lr), ``cosine``
-    (linear warm-up then cosine to zero), ``constant`` or ``none`` (returns None)."""
+    """A per-step schedule over ``total_steps`` optimizer steps: ``onecycle`` (peaks at ``max_lr``, default 4x
+    each group's lr), ``cosine`` (linear warm-up over ``warmup_fraction`` of the steps, then cosine to zero),
+    ``constant`` or ``none`` (returns None). Both schedules continue at a new length when a run is resumed with
+    a different total (:class:`ResizableSchedule`). Raises ValueError for an unknown name or, for onecycle,
+    groups whose ``max_lr``/``lr`` ratios differ."""
     name = name.lower()
     if name in ("none", "constant"):
         return None
@@ -113,11 +172,11 @@ def build_scheduler(name: str, optimizer, total_steps: int, warmup_fraction: flo
         total_steps = max(3, total_steps)
         # OneCycleLR divides by both phase lengths (pct*T - 1 and T*(1 - pct)): keep both positive.
         pct_start = min(max(warmup_fraction, 1.5 / total_steps), 1 - 0.5 / total_steps)
-        return torch.optim.lr_scheduler.OneCycleLR(
+        return OneCycleSchedule(
             optimizer, max_lr=peaks, total_steps=total_steps, pct_start=pct_start,
             div_factor=div[0], anneal_strategy="cos",
         )
     if name == "cosine":
         warmup = round(warmup_fraction * total_steps)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
+        return WarmupCosineSchedule(optimizer, total_steps, warmup)
     raise ValueError(f"scheduler={name!r} is not one of onecycle, cosine, constant, none")

@@ -9,7 +9,6 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 import audio_ssl.methods.masked as masked_module
@@ -19,6 +18,7 @@ from audio_ssl.methods import MaskedTokenPrediction
 from audio_ssl.methods.masked import codebook_usage
 from audio_ssl.models import AudioResNet, SpectrogramTransformer
 from audio_ssl.tokenizers import KMeansPatchTokenizer
+from audio_ssl.utils.checkpoints import LastCheckpoint
 
 SAMPLES = 8000  # 0.5 s at 16 kHz: 32 mels x 32 frames (hop 256) -> a 2 x 2 grid of 16x16 patches, 4 x 4 of 8x8
 
@@ -165,7 +165,7 @@ def test_cnn_mask_fill_hides_masked_patches(fill):
 def trainer(tmp_path, steps, **kwargs) -> L.Trainer:
     return L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
                      enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0,
-                     callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)], **kwargs)
+                     callbacks=[LastCheckpoint(tmp_path)], **kwargs)
 
 
 def test_tokenizer_fitted_once_saved_and_restored(tmp_path, monkeypatch):

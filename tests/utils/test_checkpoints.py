@@ -1,0 +1,83 @@
+"""The checkpoint folder rules without a training run: identity, run records, refusals, CLI settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from audio_ssl.utils.checkpoints import (
+    RUN_FILE,
+    CheckpointSettings,
+    LastCheckpoint,
+    RunFolderError,
+    check_run_folder,
+    identity_differences,
+    read_run_file,
+    run_identity,
+)
+
+MODEL = {"class_path": "audio_ssl.methods.SupervisedClassifier", "init_args": {"lr": 0.001, "dropout": 0.3}}
+DATA = {"class_path": "audio_ssl.data.ESC50DataModule",
+        "init_args": {"data_dir": "/a", "cache_dir": "/c", "num_workers": 2, "test_fold": 5, "batch_size": 32}}
+
+
+def test_identity_ignores_paths_and_loader_settings_but_not_folds():
+    moved = {**DATA, "init_args": {**DATA["init_args"], "data_dir": "/b", "num_workers": 8}}
+    assert run_identity(MODEL, DATA) == run_identity(MODEL, moved)
+    other_fold = {**DATA, "init_args": {**DATA["init_args"], "test_fold": 3}}
+    assert run_identity(MODEL, DATA) != run_identity(MODEL, other_fold)
+    assert identity_differences(run_identity(MODEL, DATA), run_identity(MODEL, other_fold)) == [
+        "data.init_args.test_fold: 5 -> 3"]
+
+
+def test_fresh_fit_refused_in_a_folder_with_checkpoints(tmp_path):
+    assert check_run_folder(tmp_path / "new", None, resuming=False) == []
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(RunFolderError, match=f"{tmp_path} already holds a run \\(last.ckpt\\)"):
+        check_run_folder(tmp_path, run_identity(MODEL, DATA), resuming=False)
+    assert check_run_folder(tmp_path, None, resuming=False, existing_run="overwrite") == [tmp_path / "last.ckpt"]
+    assert check_run_folder(tmp_path, None, resuming=True) == []  # resuming the folder's own run
+    with pytest.raises(ValueError, match="existing_run='keep' is not one of refuse, overwrite"):
+        check_run_folder(tmp_path, None, resuming=False, existing_run="keep")
+
+
+def test_resume_refused_when_the_run_record_differs(tmp_path):
+    (tmp_path / RUN_FILE).write_text(json.dumps({"identity": run_identity(MODEL, DATA)}))
+    check_run_folder(tmp_path, run_identity(MODEL, DATA), resuming=True)
+    other = {**MODEL, "init_args": {"lr": 0.01, "dropout": 0.3}}
+    with pytest.raises(RunFolderError, match=r"holds a different run.*\n  model\.init_args\.lr: 0\.001 -> 0\.01"):
+        check_run_folder(tmp_path, run_identity(other, DATA), resuming=True)
+
+
+@pytest.mark.parametrize("text, error", [("{not json", "cannot read the run record"),
+                                         ("[1, 2]", "not a run record")])
+def test_bad_run_record_names_the_file(tmp_path, text, error):
+    (tmp_path / RUN_FILE).write_text(text)
+    with pytest.raises(RunFolderError, match=f"{tmp_path / RUN_FILE}: {error}"):
+        read_run_file(tmp_path)
+
+
+def test_best_checkpoint_only_with_a_validation_fold(tmp_path):
+    settings = CheckpointSettings(dirpath=str(tmp_path), monitor="val/acc", every_n_train_steps=3)
+    without = settings.callbacks(val_fold=None)
+    assert [type(c) for c in without] == [LastCheckpoint]
+    with_val = settings.callbacks(val_fold=4)
+    assert [type(c) for c in with_val] == [ModelCheckpoint, LastCheckpoint]
+    best, last = with_val
+    assert best.monitor == "val/acc" and best.mode == "max" and best.save_top_k == 1 and not best.save_last
+    assert last.monitor is None and last.save_last and last._every_n_train_steps == 3
+    assert last.state_key != best.state_key
+    assert [type(c) for c in CheckpointSettings(dirpath=str(tmp_path), monitor=None).callbacks(4)] == [LastCheckpoint]
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"mode": "best"}, "checkpoint.mode='best' is not one of max, min"),
+    ({"save_top_k": 0}, "checkpoint.save_top_k must be >= 1, got 0"),
+    ({"every_n_train_steps": 0}, "checkpoint.every_n_train_steps must be >= 1 \\(or null\\), got 0"),
+    ({"existing_run": "append"}, "checkpoint.existing_run='append' is not one of refuse, overwrite"),
+])
+def test_bad_checkpoint_settings(kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        CheckpointSettings(**kwargs)
