@@ -214,7 +214,7 @@ PREP_OK=0
 CV=(-m audio_ssl.cli cv --config "$CONFIG" --name "$NAME" --out "$RESULTS" --no-wandb
   --set "data.init_args.data_dir=$DATA" --set "data.init_args.num_workers=$WORKERS"
   --set "trainer.precision=$PRECISION" --set trainer.enable_progress_bar=false
-  --set checkpoint.save_top_k=0 --set checkpoint.save_last=false)
+  --set checkpoint.every_n_epochs=25)
 [[ -n "$EPOCHS" ]] && CV+=(--set "trainer.max_epochs=$EPOCHS")
 for kv in ${EXTRA_SETS:-}; do CV+=(--set "$kv"); done  # e.g. EXTRA_SETS="model.init_args.time_mask=30"
 if ((SMOKE)); then

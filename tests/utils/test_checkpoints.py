@@ -77,7 +77,30 @@ def test_best_checkpoint_only_with_a_validation_fold(tmp_path):
     ({"save_top_k": 0}, "checkpoint.save_top_k must be >= 1, got 0"),
     ({"every_n_train_steps": 0}, "checkpoint.every_n_train_steps must be >= 1 \\(or null\\), got 0"),
     ({"existing_run": "append"}, "checkpoint.existing_run='append' is not one of refuse, overwrite"),
+    ({"every_n_epochs": 0}, "checkpoint.every_n_epochs must be >= 1, got 0"),
 ])
 def test_bad_checkpoint_settings(kwargs, error):
     with pytest.raises(ValueError, match=error):
         CheckpointSettings(**kwargs)
+
+
+@pytest.mark.parametrize("every_n_epochs, epochs, saved_after", [(1, 3, [1, 2, 3]), (2, 5, [2, 4, 5]), (10, 3, [3])])
+def test_last_written_every_n_epochs_and_always_at_the_end(tmp_path, every_n_epochs, epochs, saved_after):
+    import lightning as L
+    import torch
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    saves = []
+
+    class Counting(LastCheckpoint):
+        def _save_checkpoint(self, trainer, filepath):
+            saves.append(trainer.global_step // 4)  # 4 steps per epoch below: the number of finished epochs
+            super()._save_checkpoint(trainer, filepath)
+
+    callback = Counting(tmp_path, every_n_epochs=every_n_epochs)
+    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=4, limit_val_batches=1, callbacks=[callback],
+                        logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(BoringModel())
+    assert saves == saved_after
+    last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 4 * epochs
