@@ -23,7 +23,8 @@ A pipeline config is a YAML with a top-level ``pipeline:`` key; paths are relati
   pretraining runs once, in ``<run>/pretrain_transductive/``, and every fold probes the same weights (its wall
   time is counted in the first fold only). The untrained model (the same config
   instantiated with the config's ``seed_everything``, before any training) is kept as the random baseline.
-- ``pretrain_probe``: embeddings of the training folds and of fold ``k`` from ``module.embed`` (centre crops,
+- ``pretrain_probe``: embeddings of the training folds (the data module's ``train`` split: every fold but ``k``
+  and ``val_fold``) and of fold ``k`` from ``module.embed`` (centre crops,
   no augmentation, inference mode, cached in ``embeddings/``), then a logistic-regression probe trained on
   the training folds and tested on fold ``k``, for the pretrained and the untrained encoder. Variants
   ``pretrained`` and ``random_init``.
@@ -110,9 +111,8 @@ def pretrain_stage(config: dict, fold: int, work_dir: Path) -> Pretrained:
     holder: dict = {}
     start = time.perf_counter()
     cli, epochs = fit_stage(args, stage_dir, before_fit=lambda c: holder.update(untrained=copy.deepcopy(c.model)))
-    dm = cli.datamodule
-    folds = [f for f in range(1, dm.num_folds + 1) if transductive or f not in {fold, dm.val_fold}]
-    data = f"{dm.dataset_name} folds {','.join(map(str, folds))}"
+    folds = cli.datamodule.split_folds("pretrain")
+    data = f"{cli.datamodule.dataset_name} folds {','.join(map(str, folds))}"
     if transductive:
         data += f" ({TRANSDUCTIVE_NOTE})"
     return Pretrained(cli, holder["untrained"], stage_dir / "final.ckpt", epochs, time.perf_counter() - start, data,
@@ -126,8 +126,7 @@ def pretrain_probe(config: dict, fold: int, work_dir: Path) -> dict[str, FoldOut
     probe_config = load_probe_config(config.get("probe"), Path(config[CONFIG_PATH_KEY]).parent)
     pre = pretrain_stage(config, fold, work_dir)
     dm = pre.cli.datamodule
-    train_set = dm.split([f for f in range(1, dm.num_folds + 1) if f != fold], random_crop=False)
-    test_set = dm.split([fold], random_crop=False)
+    train_set, test_set = dm.split_dataset("train"), dm.split_dataset("test")
     groups = fold_groups(dm, train_set)
     data_info = dataset_info(dm)
     method = type(pre.cli.model).__name__
