@@ -62,7 +62,6 @@ from common import (  # noqa: E402
 )
 
 from audio_ssl.data import ESC50DataModule  # noqa: E402
-from audio_ssl.data.cache import cache_key, default_cache_dir  # noqa: E402
 from audio_ssl.data.datasets import crop_or_pad_window  # noqa: E402
 from audio_ssl.features import LogMelSpectrogram  # noqa: E402
 
@@ -150,10 +149,7 @@ def loader_throughput(loader: DataLoader, timed_batches: int, min_seconds: float
 
 def cache_is_warm(dm: ESC50DataModule) -> bool:
     """Whether the waveform cache of ``dm``'s files already exists (so ``prepare_data`` only opens it)."""
-    meta = dm._metadata()
-    stem = f"{dm.dataset_name}-{dm.sample_rate}hz-{cache_key(meta['path'].tolist(), dm.sample_rate)}"
-    folder = Path(dm.cache_dir) if dm.cache_dir is not None else default_cache_dir()
-    return (folder / f"{stem}.json").exists() and (folder / f"{stem}.f16.npy").exists()
+    return dm.cache_is_built()
 
 
 def make_resampled_copy(src_root: Path, dst_root: Path, num_clips: int, sample_rate: int = COPY_RATE) -> int:

@@ -11,11 +11,26 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from audio_ssl.data.cache import WaveformCache
+from audio_ssl.data.audio import AudioDecodeError
+from audio_ssl.data.cache import CacheGroup, WaveformCache, preview_names
 from audio_ssl.data.datasets import ClipDataset
 from audio_ssl.utils.download import fetch_and_extract
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test", "pretrain")
+"""The splits of :meth:`FoldAudioDataModule.split_folds` (see there)."""
+
+STAGE_SETS = {
+    "fit": ("train_set", "val_set"),
+    "validate": ("val_set",),
+    "test": ("test_set",),
+    "predict": ("test_set",),
+}
+"""The datasets each Lightning stage builds (and so the only folds whose audio it reads)."""
+
+SET_SPLITS = {"train_set": "pretrain", "val_set": "val", "test_set": "test"}
+"""The split of each dataset attribute: ``fit`` trains on ``pretrain`` (``train`` unless transductive)."""
 
 
 class FoldAudioDataModule(L.LightningDataModule):
@@ -29,7 +44,16 @@ class FoldAudioDataModule(L.LightningDataModule):
     training set is every other fold. Without ``val_fold`` the validation loop runs on the test fold
     and is for monitoring only (the usual ESC-50 protocol reports the final model on the test fold,
     not a checkpoint chosen on it). ``transductive=True`` puts every fold's audio into the training
-    set: only for self-supervised pretraining, whose results must then be marked as such.
+    set of ``fit``: only for self-supervised pretraining, whose results must then be marked as such.
+
+    This class is the single source of truth for the fold protocol: :meth:`split_folds` and
+    :meth:`split_dataset` give the folds and the clips of each split (``train``, ``val``, ``test``,
+    ``pretrain``), and every training and evaluation path (Lightning fit/validate/test/predict, the
+    probes, the pretraining pipelines, the baselines) asks them.
+
+    Each stage reads only the folds it uses (fit: train + val, validate: val, test and predict:
+    test): the waveform cache is kept per fold, so a layout that holds only the test fold can be
+    tested, and every fold is still decoded once for all runs.
     """
 
     dataset_name: str = "audio"
@@ -75,7 +99,8 @@ class FoldAudioDataModule(L.LightningDataModule):
         self.download, self.skip_bad_files = download, skip_bad_files
         self.transductive, self.pin_memory = transductive, pin_memory
         self.metadata: pd.DataFrame | None = None
-        self.cache: WaveformCache | None = None
+        self._fold_caches: dict[int, WaveformCache] = {}
+        self._groups: dict[tuple[int, ...], CacheGroup] = {}
         self.train_set = self.val_set = self.test_set = None
 
     # ----------------------------------------------------------------- dataset description
@@ -87,8 +112,46 @@ class FoldAudioDataModule(L.LightningDataModule):
 
     @property
     def train_folds(self) -> list[int]:
-        held_out = {self.test_fold, self.val_fold} - {None}
-        return [f for f in range(1, self.num_folds + 1) if self.transductive or f not in held_out]
+        """The labelled training folds: ``split_folds("train")``."""
+        return self.split_folds("train")
+
+    def split_folds(self, split: str, test_fold: int | None = None) -> list[int]:
+        """The folds of ``split`` for held-out fold ``test_fold`` (default: this module's ``test_fold``).
+
+        - ``train``: every fold but the test fold and ``val_fold``; what supervised training, fine-tuning,
+          linear probes and baselines fit on (never the test fold, whatever ``transductive`` says);
+        - ``val``: ``[val_fold]``, or ``[test_fold]`` without one (validation is then monitoring only);
+        - ``test``: ``[test_fold]``;
+        - ``pretrain``: the audio a ``fit`` trains on: ``train``, or every fold with ``transductive=True``
+          (self-supervised pretraining only).
+        """
+        if test_fold is None:
+            test_fold = self.test_fold
+        else:
+            self._check_fold("test_fold", test_fold)
+            if test_fold == self.val_fold:
+                raise ValueError(f"held-out fold {test_fold} is the data module's val_fold; pick another test fold")
+        every = list(range(1, self.num_folds + 1))
+        train = [f for f in every if f not in {test_fold, self.val_fold}]
+        if split == "train":
+            return train
+        if split == "val":
+            return [self.val_fold if self.val_fold is not None else test_fold]
+        if split == "test":
+            return [test_fold]
+        if split == "pretrain":
+            return every if self.transductive else train
+        raise ValueError(f"split={split!r} is not one of {list(SPLITS)}")
+
+    def split_dataset(self, split: str, random_crop: bool = False, test_fold: int | None = None) -> ClipDataset:
+        """The clips of ``split`` (see :meth:`split_folds`); bad files skipped with ``skip_bad_files`` are
+        left out with a warning that counts them."""
+        folds = self.split_folds(split, test_fold)
+        return self._clips(folds, random_crop, what=f"{split} split (folds {folds})")
+
+    def split_files(self, split: str, test_fold: int | None = None) -> list[str]:
+        """The files of :meth:`split_dataset` (``split``), in its order."""
+        return list(self.split_dataset(split, test_fold=test_fold).files)
 
     def _check_fold(self, name: str, fold) -> None:
         if not isinstance(fold, int) or not 1 <= fold <= self.num_folds:
@@ -148,43 +211,127 @@ class FoldAudioDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- Lightning hooks
     def prepare_data(self) -> None:
-        """Download if asked, then decode every file once into the shared cache (local rank 0 only)."""
-        self._open_cache(progress=True)
+        """Download if asked, then decode the files of the folds the trainer's stage uses (every fold when
+        called outside a trainer) once into the shared per-fold caches (local rank 0 only)."""
+        stage = self._trainer_stage()
+        if stage is None:
+            self._open_cache(progress=True)
+        else:
+            folds = sorted({f for name in STAGE_SETS[stage] for f in self._set_folds(name)})
+            self._open_cache(folds, progress=True)
 
-    def _open_cache(self, progress: bool = False) -> WaveformCache:
-        if self.cache is None:
-            meta = self._metadata()
-            self.cache = WaveformCache.build(
-                meta["path"].tolist(),
-                self.sample_rate,
-                cache_dir=self.cache_dir,
-                name=self.dataset_name,
-                skip_bad_files=self.skip_bad_files,
-                num_workers=max(1, min(self.num_workers, os.cpu_count() or 1)),
-                progress=progress,
+    def _trainer_stage(self) -> str | None:
+        trainer = getattr(self, "trainer", None)
+        fn = getattr(getattr(trainer, "state", None), "fn", None)
+        stage = getattr(fn, "value", fn)
+        return stage if stage in STAGE_SETS else None
+
+    def _set_split(self, name: str) -> str:
+        """The split of the dataset attribute ``name`` (``train_set``: what fit trains on)."""
+        split = SET_SPLITS[name]
+        return "train" if split == "pretrain" and not self.transductive else split  # the same folds, named plainly
+
+    def _set_folds(self, name: str) -> list[int]:
+        return self.split_folds(self._set_split(name))
+
+    @property
+    def cache(self) -> CacheGroup | None:
+        """Every fold cache opened so far, read as one (``None`` before any is opened)."""
+        if not self._fold_caches:
+            return None
+        return self._open_cache(sorted(self._fold_caches))
+
+    def cache_is_built(self, folds: list[int] | None = None) -> bool:
+        """Whether the waveform cache of every one of ``folds`` (default: every fold in the metadata) exists,
+        so that opening them decodes nothing."""
+        meta = self._metadata()
+        folds = sorted(int(f) for f in meta["fold"].unique()) if folds is None else folds
+        for fold in folds:
+            data_path, index_path = WaveformCache.paths(
+                meta.loc[meta["fold"] == fold, "path"].tolist(), self.sample_rate, self.cache_dir,
+                self._cache_name(fold))
+            if not (data_path.exists() and index_path.exists()):
+                return False
+        return True
+
+    def _cache_name(self, fold: int) -> str:
+        return f"{self.dataset_name}-fold{fold}"
+
+    def _open_cache(self, folds: list[int] | None = None, progress: bool = False) -> CacheGroup:
+        """The caches of ``folds`` (default: every fold in the metadata) as one, decoding what is not
+        cached yet. Only the files of these folds are read (or required to exist)."""
+        meta = self._metadata()
+        if folds is None:
+            folds = sorted(int(f) for f in meta["fold"].unique())
+        if not folds:
+            raise ValueError(f"{self.metadata_path} lists no clips")
+        empty = sorted(set(folds) - set(int(f) for f in meta["fold"].unique()))
+        if empty:
+            raise ValueError(f"{self.dataset_name}: {self.metadata_path} lists no clips in folds {empty} "
+                             f"(it has folds {sorted(int(f) for f in meta['fold'].unique())})")
+        new = [f for f in folds if f not in self._fold_caches]
+        self._check_files_exist(meta[meta["fold"].isin(new)])
+        for fold in new:
+            if fold not in self._fold_caches:
+                self._fold_caches[fold] = WaveformCache.build(
+                    meta.loc[meta["fold"] == fold, "path"].tolist(),
+                    self.sample_rate,
+                    cache_dir=self.cache_dir,
+                    name=self._cache_name(fold),
+                    skip_bad_files=self.skip_bad_files,
+                    num_workers=max(1, min(self.num_workers, os.cpu_count() or 1)),
+                    progress=progress,
+                )
+        key = tuple(sorted(set(folds)))
+        if key not in self._groups:  # one group object per fold set: datasets of the same folds share it
+            self._groups[key] = CacheGroup([self._fold_caches[f] for f in key])
+        return self._groups[key]
+
+    def _check_files_exist(self, rows: pd.DataFrame) -> None:
+        """Without ``skip_bad_files``, every listed file of ``rows`` must exist: one error counts the missing
+        ones and names the first few (with ``skip_bad_files`` the cache skips them as bad files)."""
+        if self.skip_bad_files or len(rows) == 0:
+            return
+        missing = [p for p in rows["path"] if not os.path.exists(p)]
+        if missing:
+            raise AudioDecodeError(
+                f"{len(missing)} of {len(rows)} file(s) listed in {self.metadata_path} (folds "
+                f"{sorted(int(f) for f in rows['fold'].unique())}) do not exist: {preview_names(missing)} "
+                f"(set skip_bad_files=True to leave bad files out instead)"
             )
-        return self.cache
 
     def split(self, folds: list[int], random_crop: bool) -> ClipDataset:
+        """The clips of ``folds`` (low level: to train or evaluate by the protocol use :meth:`split_dataset`)."""
+        return self._clips(list(folds), random_crop, what=f"folds {list(folds)}")
+
+    def _clips(self, folds: list[int], random_crop: bool, what: str) -> ClipDataset:
         meta = self._metadata()
-        cache = self._open_cache()
         rows = meta[meta["fold"].isin(folds)]
-        if cache.skipped:
-            dropped = rows["path"].isin(cache.skipped.keys())
-            if dropped.any():
-                log.warning("folds %s: %d skipped bad file(s) left out of this split", folds, int(dropped.sum()))
+        if len(rows) == 0:
+            raise ValueError(f"{self.dataset_name} {what}: {self.metadata_path} lists no clips in these folds "
+                             f"(it has folds {sorted(int(f) for f in meta['fold'].unique())})")
+        cache = self._open_cache(sorted(set(folds)))
+        dropped = rows["path"].isin(cache.skipped.keys())
+        if dropped.any():
+            names = [Path(p).name for p in rows.loc[dropped, "path"]]
+            log.warning("%s %s: %d of %d clip(s) left out as bad files (skip_bad_files=True): %s",
+                        self.dataset_name, what, len(names), len(rows), preview_names(names))
             rows = rows[~dropped]
         if len(rows) == 0:
-            raise ValueError(f"{self.dataset_name}: no clips in folds {folds}")
+            raise ValueError(f"{self.dataset_name} {what}: every clip is a skipped bad file")
         positions = [cache.position(p) for p in rows["path"]]
         return ClipDataset(cache, positions, rows["label"].tolist(), self.clip_samples, random_crop,
                            files=rows["path"].tolist())
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
-            self.train_set = self.split(self.train_folds, random_crop=True)
-            self.val_set = self.split([self.val_fold or self.test_fold], random_crop=False)
-            self.test_set = self.split([self.test_fold], random_crop=False)
+        """Build the datasets ``stage`` uses (fit: train + val, validate: val, test/predict: test; every one
+        without a stage); the others stay ``None`` and their folds are never read."""
+        if stage is not None and stage not in STAGE_SETS:
+            raise ValueError(f"stage={stage!r} is not one of {list(STAGE_SETS)}")
+        names = STAGE_SETS[stage] if stage is not None else tuple(SET_SPLITS)
+        for name in names:
+            if getattr(self, name) is None:
+                setattr(self, name, self.split_dataset(self._set_split(name), random_crop=name == "train_set"))
 
     def _loader(self, dataset: ClipDataset, train: bool) -> DataLoader:
         return DataLoader(

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from audio_ssl.data.base import FoldAudioDataModule
-from audio_ssl.data.cache import WaveformCache
+from audio_ssl.data.cache import CacheGroup, WaveformCache
 from audio_ssl.data.datasets import ClipDataset
 from audio_ssl.evaluation.fold import (
     DatasetDescription,
@@ -160,12 +160,12 @@ def mfcc_statistics(wave: np.ndarray, sample_rate: int, params: MFCCParams) -> n
     return np.concatenate(parts).astype(np.float32)
 
 
-def _features_of(cache: WaveformCache, positions: list[int], params: MFCCParams) -> np.ndarray:
+def _features_of(cache: WaveformCache | CacheGroup, positions: list[int], params: MFCCParams) -> np.ndarray:
     return np.stack([mfcc_statistics(cache.segment(p, 0, int(cache.lengths[p])), cache.sample_rate, params)
                      for p in positions])
 
 
-def _compute_mfcc_matrix(cache: WaveformCache, params: MFCCParams, n_jobs: int) -> np.ndarray:
+def _compute_mfcc_matrix(cache: WaveformCache | CacheGroup, params: MFCCParams, n_jobs: int) -> np.ndarray:
     """Features of every clip in the cache [len(cache), params.dim], in ``n_jobs`` processes."""
     positions = list(range(len(cache)))
     if n_jobs <= 1 or len(positions) < MIN_CLIPS_FOR_PROCESSES:
@@ -181,7 +181,7 @@ def _compute_mfcc_matrix(cache: WaveformCache, params: MFCCParams, n_jobs: int) 
 
 
 def mfcc_feature_matrix(
-    cache: WaveformCache, params: MFCCParams, feature_dir: str | os.PathLike | None = None, n_jobs: int = 1
+    cache: WaveformCache | CacheGroup, params: MFCCParams, feature_dir: str | os.PathLike | None = None, n_jobs: int = 1
 ) -> tuple[np.ndarray, Path, bool]:
     """The MFCC statistics of every clip of ``cache`` [len(cache), params.dim], row i = ``cache.files[i]``.
 
@@ -189,10 +189,10 @@ def mfcc_feature_matrix(
     name that hashes the waveform cache file (itself keyed by the file list and sample rate) and the
     parameters, and is reused whenever it exists. Returns ``(matrix, path, computed_now)``.
     """
-    feature_dir = Path(feature_dir) if feature_dir is not None else cache.data_path.parent / "features"
-    key = json.dumps({"cache": cache.data_path.name, "version": FEATURE_VERSION,
+    feature_dir = Path(feature_dir) if feature_dir is not None else cache.directory / "features"
+    key = json.dumps({"cache": cache.stem, "version": FEATURE_VERSION,
                       "params": dataclasses.asdict(params)}, sort_keys=True)
-    stem = cache.data_path.name.removesuffix(".f16.npy")
+    stem = cache.stem
     path = feature_dir / f"{stem}-mfcc-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npy"
     if path.exists():
         matrix = np.load(path)
@@ -208,7 +208,7 @@ def mfcc_feature_matrix(
 
 
 def _mfcc_logreg_scores(
-    config: dict, cache: WaveformCache, train: ClipDataset, test: ClipDataset, num_classes: int
+    config: dict, cache: WaveformCache | CacheGroup, train: ClipDataset, test: ClipDataset, num_classes: int
 ) -> tuple[np.ndarray, dict]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -224,12 +224,13 @@ def _mfcc_logreg_scores(
     model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        model.fit(matrix[train.positions], train.labels)
+        model.fit(matrix[[cache.position(f) for f in train.files]], train.labels)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     if not converged:
         log.warning("logistic regression did not converge in max_iter=%d iterations", max_iter)
     probs = np.zeros((len(test), num_classes))
-    probs[:, model.classes_] = model.predict_proba(matrix[test.positions])  # classes absent in training: 0
+    rows = [cache.position(f) for f in test.files]
+    probs[:, model.classes_] = model.predict_proba(matrix[rows])  # classes absent in training: 0
     info = {"feature_cache": str(path), "features_computed": computed, "feature_dim": params.dim,
             "mfcc": dataclasses.asdict(params), "C": C, "max_iter": max_iter, "converged": converged}
     return probs, info
@@ -255,12 +256,12 @@ def run_baseline_fold(context: FoldContext) -> dict[str, FoldOutput]:
     start = time.perf_counter()
     datamodule = build_datamodule(config["data"], fold)
     datamodule.prepare_data()
-    train = datamodule.split(datamodule.train_folds, random_crop=False)
-    test = datamodule.split([fold], random_crop=False)
+    train = datamodule.split_dataset("train")
+    test = datamodule.split_dataset("test")
     num_classes = datamodule.num_classes
     description = ResultDescription(method=f"baseline: {name}", pretraining_data="none", transductive=False,
                                     device="cpu", dataset=DatasetDescription.of(datamodule))
-    details: dict = {"train_clips": len(train), "test_clips": len(test), "train_folds": datamodule.train_folds}
+    details: dict = {"train_clips": len(train), "test_clips": len(test), "train_folds": datamodule.split_folds("train")}
     if name == "majority":
         probs = majority_scores(train.labels, num_classes, len(test))
         description.encoder, description.protocol = "none", "most frequent class of the training folds"

@@ -205,7 +205,8 @@ def run_beats_probe(
 ) -> dict[int, FoldOutput]:
     """Linear probe of frozen BEATs on each of ``test_folds`` (default: every fold), features cached per fold.
 
-    For held-out fold ``k`` the probe trains on every fold but ``k`` and the data module's ``val_fold``.
+    For held-out fold ``k`` the probe trains on the data module's ``train`` split for test fold ``k``
+    (:meth:`~audio_ssl.data.base.FoldAudioDataModule.split_folds`: every fold but ``k`` and ``val_fold``).
     ``probe`` holds the classifier and extraction settings (default :class:`ProbeConfig`; its ``device``,
     ``embed_batch_size`` and ``num_workers`` drive the extraction). ``clips_per_class`` keeps only the first
     clips of each class in every fold (a quick pipeline check; reported in the description's ``details``).
@@ -218,10 +219,7 @@ def run_beats_probe(
     datamodule.prepare_data()
     num_classes = datamodule.num_classes
     folds = list(test_folds) if test_folds is not None else list(range(1, datamodule.num_folds + 1))
-    for fold in folds:
-        datamodule._check_fold("test_folds", fold)
-        if fold == datamodule.val_fold:
-            raise ValueError(f"held-out fold {fold} is the data module's val_fold")
+    train_folds_of = {fold: datamodule.split_folds("train", test_fold=fold) for fold in folds}  # checks each fold
     model = BEATsClassifier(checkpoint, num_classes=num_classes, freeze_encoder=True, layers=layers,
                             checkpoint_sha256=checkpoint_sha256, sample_rate=datamodule.sample_rate)
     features: dict[int, FoldFeatures] = {}
@@ -243,7 +241,7 @@ def run_beats_probe(
     outputs: dict[int, FoldOutput] = {}
     for fold in folds:
         fold_start = time.perf_counter()
-        train_folds = [f for f in range(1, datamodule.num_folds + 1) if f not in {fold, datamodule.val_fold}]
+        train_folds = train_folds_of[fold]
         train = [fold_features(f) for f in train_folds]
         test = fold_features(fold)
         extracted = [t for t in (*train, test) if t.computed]

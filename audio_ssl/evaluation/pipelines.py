@@ -26,7 +26,8 @@ A pipeline config is a YAML with a top-level ``pipeline:`` key; paths are relati
   pretraining runs once, in ``<run>/pretrain_transductive/``, and every fold probes the same weights (its wall
   time is counted in the first fold only). The untrained model (the same config
   instantiated with the config's ``seed_everything``, before any training) is kept as the random baseline.
-- ``pretrain_probe``: embeddings of the training folds and of fold ``k`` from ``module.embed`` (centre crops,
+- ``pretrain_probe``: embeddings of the training folds (the data module's ``train`` split: every fold but ``k``
+  and ``val_fold``) and of fold ``k`` from ``module.embed`` (centre crops,
   no augmentation, inference mode, cached in ``embeddings/``), then a logistic-regression probe trained on
   the training folds and tested on fold ``k``, for the pretrained and the untrained encoder. Variants
   ``pretrained`` and ``random_init``.
@@ -119,9 +120,8 @@ def pretrain_stage(context: FoldContext) -> Pretrained:
     holder: dict = {}
     start = time.perf_counter()
     cli, epochs = fit_stage(args, stage_dir, before_fit=lambda c: holder.update(untrained=copy.deepcopy(c.model)))
-    dm = cli.datamodule
-    folds = [f for f in range(1, dm.num_folds + 1) if transductive or f not in {fold, dm.val_fold}]
-    data = f"{dm.dataset_name} folds {','.join(map(str, folds))}"
+    folds = cli.datamodule.split_folds("pretrain")
+    data = f"{cli.datamodule.dataset_name} folds {','.join(map(str, folds))}"
     if transductive:
         data += f" ({TRANSDUCTIVE_NOTE})"
     return Pretrained(cli, holder["untrained"], stage_dir / FINAL_WEIGHTS, epochs, time.perf_counter() - start,
@@ -136,8 +136,7 @@ def pretrain_probe(context: FoldContext) -> dict[str, FoldOutput]:
     probe_config = load_probe_config(config.get("probe"), context.config_dir)
     pre = pretrain_stage(context)
     dm = pre.cli.datamodule
-    train_set = dm.split([f for f in range(1, dm.num_folds + 1) if f != fold], random_crop=False)
-    test_set = dm.split([fold], random_crop=False)
+    train_set, test_set = dm.split_dataset("train"), dm.split_dataset("test")
     groups = fold_groups(dm, train_set)
     dataset = DatasetDescription.of(dm)
     method = type(pre.cli.model).__name__

@@ -357,8 +357,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"{checkpoint} does not match the model of {args.config} (use --encoder-only for a "
                              f"checkpoint of another method): {err}") from err
     config = load_probe_config(args.probe)
-    train_set = dm.split([f for f in range(1, dm.num_folds + 1) if f != args.test_fold], random_crop=False)
-    test_set = dm.split([args.test_fold], random_crop=False)
+    train_set, test_set = dm.split_dataset("train"), dm.split_dataset("test")
     out = Path(args.out) if args.out else None
     results = {}
     variants = [("pretrained", None)] + ([("random_init", untrained)] if untrained is not None else [])

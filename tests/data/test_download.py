@@ -53,7 +53,7 @@ def test_datamodule_downloads_and_extracts_the_archive(esc50_root, http_root, tm
     dm.setup("fit")
     assert (target / "meta" / "esc50.csv").exists()
     assert len(list((target / "audio").iterdir())) == 50
-    assert len(dm.train_set) + len(dm.test_set) == 50
+    assert len(dm.train_set) + len(dm.val_set) == 50  # fit: train + val (the test fold here)
     assert not list(target.parent.glob("*.download")) and not list(target.parent.glob(".*"))
 
 
