@@ -313,8 +313,9 @@ def fit_stage(args: list[str], stage_dir: Path, before_fit: Callable[[object], N
     stage_dir.mkdir(parents=True, exist_ok=True)
     tmp = final.with_suffix(".tmp")
     epochs = int(cli.trainer.current_epoch)
-    torch.save({"state_dict": cli.model.state_dict(), "epoch": epochs, "global_step": int(cli.trainer.global_step)},
-               tmp)
+    describe = getattr(cli.model, "checkpoint_metadata", None)  # self-description, as in Lightning checkpoints
+    torch.save({"state_dict": cli.model.state_dict(), "epoch": epochs, "global_step": int(cli.trainer.global_step),
+                **({"audio_ssl": describe()} if callable(describe) else {})}, tmp)
     os.replace(tmp, final)
     return cli, epochs
 
@@ -465,8 +466,12 @@ def _log_to_wandb(run: dict, job_name: str, job_type: str, directory: Path, payl
     try:
         import wandb
 
+        from audio_ssl.utils.run_logging import stable_wandb_id
+
+        # a fixed id per CV run folder and job: re-running the command continues the same W&B run
+        run_id = stable_wandb_id(str(Path(run.get("out", run["name"])).resolve()), job_name)
         active = wandb.run or wandb.init(project=run.get("project", "audio-ssl"), group=run["name"], name=job_name,
-                                         job_type=job_type, dir=str(directory))
+                                         job_type=job_type, dir=str(directory), id=run_id, resume="allow")
         payload(active)
         wandb.finish()
     except Exception as err:  # W&B is never required
