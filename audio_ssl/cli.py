@@ -10,18 +10,31 @@ folder holding another run is refused. ``validate``/``test``/``predict`` need ``
 
 Project tools (own argument parsers): ``demo`` (synthetic data, end to end), ``cv`` (k-fold cross-validation),
 ``results`` (Markdown table of CV summaries), ``probe`` (linear probe on a checkpoint), ``classify`` (any audio
-files), ``make-beats-checkpoint``.
+files), ``make-beats-checkpoint``. ``audio-ssl --help`` lists both groups, ``audio-ssl --version`` the version.
+
+Runs describe themselves: every checkpoint stores the data, class names, folds and the resolved model config
+(:meth:`audio_ssl.methods.base.BaseMethod.checkpoint_metadata`); the W&B run gets the fully resolved config, and
+a resumed run or a later ``test`` continues the same W&B run and CSV version (:mod:`audio_ssl.utils.run_logging`).
 """
 
 from __future__ import annotations
 
+import re
 import sys
+import warnings
+from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
+from jsonargparse import ArgumentError
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from audio_ssl.data.base import FoldAudioDataModule
 from audio_ssl.methods.base import BaseMethod
-from audio_ssl.utils.checkpoints import CheckpointSettings, run_identity
+from audio_ssl.utils.checkpoints import CheckpointSettings, RunFolderError, run_identity
+from audio_ssl.utils.provenance import to_plain
+
+
+class UntrainedWeightsError(ValueError):
+    """``validate``/``test``/``predict`` asked for without weights to evaluate (see :func:`require_trained_weights`)."""
 
 
 def require_trained_weights(subcommand: str, ckpt_path: str | None, allow_untrained: bool, model) -> None:
@@ -34,11 +47,80 @@ def require_trained_weights(subcommand: str, ckpt_path: str | None, allow_untrai
         return
     source = getattr(model, "init_encoder_from", None) or getattr(model, "checkpoint", None)
     detail = (f"; {source} initialises only the encoder, the classifier head stays untrained" if source else "")
-    raise ValueError(
+    raise UntrainedWeightsError(
         f"audio-ssl {subcommand}: no --ckpt_path, so the model would be evaluated with untrained weights{detail}. "
         "Pass --ckpt_path <checkpoint.dirpath>/last.ckpt (the final state of a fit) or a best-*.ckpt, or "
         "--allow_untrained true to evaluate these weights on purpose"
     )
+
+
+LIGHTNING_COMMANDS = {
+    "fit": "train a model from an experiment YAML (resume with --ckpt_path last)",
+    "validate": "run the validation loop of a model",
+    "test": "test a model on its held-out fold",
+    "predict": "run predict_step over the held-out fold",
+}
+
+TOOLS = {
+    "demo": "audio_ssl.tools.demo",
+    "classify": "audio_ssl.tools.predict",
+    "make-beats-checkpoint": "audio_ssl.tools.make_beats_checkpoint",
+    "cv": "audio_ssl.tools.cv",
+    "results": "audio_ssl.tools.results",
+    "probe": "audio_ssl.evaluation.probe",
+}
+
+TOOL_HELP = {
+    "demo": "train and test on generated data (or --data-dir) end to end, in minutes on a CPU",
+    "cv": "k-fold cross-validation of an experiment or pipeline YAML over the official folds",
+    "results": "Markdown table of finished cross-validation runs",
+    "probe": "linear probe of a checkpoint's encoder on one fold",
+    "classify": "class predictions for audio files and folders with a checkpoint",
+    "make-beats-checkpoint": "write a small random BEATs checkpoint in the official format",
+}
+
+
+def top_level_help() -> str:
+    width = max(map(len, [*LIGHTNING_COMMANDS, *TOOLS])) + 2
+    lines = ["usage: audio-ssl COMMAND [options]", "",
+             "Environmental sound classification and self-supervised audio representation learning.", "",
+             "Lightning commands (an experiment YAML: audio-ssl fit --config experiments/supervised_cpu.yaml):"]
+    lines += [f"  {name:<{width}}{text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += ["", "Project tools:"]
+    lines += [f"  {name:<{width}}{TOOL_HELP[name]}" for name in TOOLS]
+    lines += ["", "Options:", f"  {'-h, --help':<{width}}this message; 'audio-ssl COMMAND --help' for a command's options",
+              f"  {'--version':<{width}}the package version and git commit", "",
+              "Data: recipes read $AUDIO_SSL_DATA/<dataset> (default ~/.cache/audio-ssl/data/<dataset>, e.g. .../esc50);",
+              "pass --data.init_args.data_dir DIR to use another folder."]
+    return "\n".join(lines) + "\n"
+
+
+class AudioSSLSaveConfig(SaveConfigCallback):
+    """Writes ``config.yaml`` to the log folder (Lightning's behaviour) and logs the same fully resolved config
+    (data, folds, batch size, encoder, front end, trainer), plus the data module's description, to every W&B
+    logger."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
+        if not wandb_loggers:
+            return
+        import yaml
+
+        try:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True)) or {}
+        except Exception as err:  # logging must never stop a run
+            warnings.warn(f"could not log the resolved config to W&B: {err}", stacklevel=1)
+            return
+        config = to_plain(config)
+        describe = getattr(trainer.datamodule, "describe", None)
+        if callable(describe):
+            config["data_resolved"] = to_plain({k: v for k, v in describe().items() if k != "class_names"})
+        from audio_ssl.utils.provenance import git_state, package_version
+
+        config["audio_ssl"] = {"version": package_version(), "git_commit": git_state()["commit"],
+                               "git_dirty": git_state()["dirty"]}
+        for logger in wandb_loggers:
+            logger.log_hyperparams(config)
 
 
 class AudioSSLCLI(LightningCLI):
@@ -72,6 +154,94 @@ class AudioSSLCLI(LightningCLI):
     def before_predict(self) -> None:
         self._require_weights("predict")
 
+    # ------------------------------------------------------------------ parsing: explicit args, short errors
+    def parse_arguments(self, parser, args) -> None:
+        """Parse ``args`` (``None``: the command line). ``build_cli`` and the project tools pass their arguments
+        explicitly on purpose, so Lightning's warning about ``args`` next to ``sys.argv`` does not apply. A
+        config error is one message and a pointer to ``--help`` instead of the full usage."""
+        for each in [parser, *getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}).values()]:
+            each.exit_on_error = False
+        try:
+            if isinstance(args, dict) or (args is not None and hasattr(args, "as_dict")):
+                self.config = parser.parse_object(args)
+            else:
+                self.config = parser.parse_args(args)
+        except ArgumentError as err:
+            argv = list(sys.argv[1:] if args is None else args)
+            command = next((a for a in argv if a in self.subcommands()), None)
+            prog = f"audio-ssl {command}" if command else "audio-ssl"
+            sys.stderr.write(f"{prog}: error: {short_error(str(err))}\nsee {prog} --help\n")
+            raise SystemExit(2) from None
+
+    # ------------------------------------------------------------------ loggers that follow the run
+    def _run_config(self):
+        return self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+
+    def _run_dir(self, config) -> Path:
+        """The run folder: the parent of the checkpoint folder (``runs/x`` for ``runs/x/checkpoints``)."""
+        dirpath = config.get("checkpoint.dirpath") if "checkpoint" in config else None
+        if dirpath:
+            return Path(dirpath).expanduser().parent
+        return Path(config.get("trainer.default_root_dir") or ".")
+
+    def before_instantiate_classes(self) -> None:
+        from audio_ssl.utils.run_logging import prepare_logger_config
+
+        config = self._run_config()
+        loggers = config.get("trainer.logger")
+        loggers = _without_wandb_if_missing(loggers)
+        run_dir = self._run_dir(config)
+        if self.subcommand is None:  # built for a program (cv, probe): it resumes from last.ckpt if there is one
+            resume = (run_dir / "checkpoints" / "last.ckpt").exists() or bool(
+                config.get("checkpoint.dirpath") and (Path(config["checkpoint.dirpath"]) / "last.ckpt").exists())
+        else:
+            resume = self.subcommand != "fit" or bool(config.get("ckpt_path"))
+        config["trainer.logger"] = prepare_logger_config(loggers, run_dir, resume)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # mark it for main(): a config that cannot be built, reported in one line
+            err.audio_ssl_config_error = True
+            raise
+
+    def after_instantiate_classes(self) -> None:
+        from audio_ssl.utils.run_logging import is_rank_zero, record_logger_ids
+
+        config = self._run_config()
+        if isinstance(self.model, BaseMethod) and config.get("model") is not None:
+            self.model.model_config = to_plain(config["model"])
+        if is_rank_zero():
+            record_logger_ids(self.trainer.loggers, self._run_dir(config))
+
+
+def _without_wandb_if_missing(loggers):
+    """Drop W&B loggers, with one warning, when the ``wandb`` package is not installed (CSV logging goes on)."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        return loggers
+    specs = loggers if isinstance(loggers, list) else [loggers]
+    kept = [s for s in specs if not str(getattr(s, "get", lambda *_: "")("class_path", "")).endswith("WandbLogger")]
+    if len(kept) == len(specs):
+        return loggers
+    warnings.warn("wandb is not installed: W&B logging is off for this run (pip install wandb to turn it on)",
+                  stacklevel=2)
+    if not isinstance(loggers, list):
+        return False
+    return kept or False
+
+
+_NOISE = re.compile(r"^(Subtypes:|Given value type:|Given value:|Errors:|Does not validate against any of the "
+                    r"Union subtypes|- Expected a <class 'NoneType'>)")
+
+
+def short_error(message: str) -> str:
+    """A jsonargparse error on one line: the nested 'Parser key ...' chain without the union bookkeeping."""
+    lines = [line.strip() for line in message.splitlines()]
+    kept = [line.lstrip("- ").strip() for line in lines if line and not _NOISE.match(line)]
+    return " ".join(kept) or message.strip()
+
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> AudioSSLCLI:
     return AudioSSLCLI(
@@ -79,6 +249,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AudioSSLCLI:
         FoldAudioDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=AudioSSLSaveConfig,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         args=args,
@@ -87,27 +258,42 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AudioSSLCLI:
     )
 
 
-TOOLS = {
-    "demo": "audio_ssl.tools.demo",
-    "classify": "audio_ssl.tools.predict",
-    "make-beats-checkpoint": "audio_ssl.tools.make_beats_checkpoint",
-    "cv": "audio_ssl.tools.cv",
-    "results": "audio_ssl.tools.results",
-    "probe": "audio_ssl.evaluation.probe",
-}
-
-
 def main(argv: list[str] | None = None) -> None:
+    from audio_ssl.data.paths import DatasetNotFoundError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TOOLS:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(top_level_help())
+        return
+    if argv[0] in ("--version", "-V"):
+        from audio_ssl.utils.provenance import version_string
+
+        print(version_string())
+        return
+    if argv[0] in TOOLS:
         import importlib
 
         importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
         return
-    build_cli(argv)
+    if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
+        sys.stderr.write(f"audio-ssl: error: unknown command {argv[0]!r}; the commands are "
+                         f"{', '.join([*LIGHTNING_COMMANDS, *TOOLS])}\nsee audio-ssl --help\n")
+        raise SystemExit(2)
+    try:
+        build_cli(argv)
+    except (DatasetNotFoundError, UntrainedWeightsError, RunFolderError) as err:
+        sys.stderr.write(f"audio-ssl: error: {err}\n")
+        raise SystemExit(2) from None
+    except Exception as err:
+        if not getattr(err, "audio_ssl_config_error", False):
+            raise
+        command = argv[0] if argv[0] in LIGHTNING_COMMANDS else ""
+        prog = f"audio-ssl {command}".strip()
+        sys.stderr.write(f"{prog}: error: {short_error(str(err))}\nsee {prog} --help\n")
+        raise SystemExit(2) from None
 
 
-__all__ = ["AudioSSLCLI", "build_cli", "main", "require_trained_weights"]
+__all__ = ["AudioSSLCLI", "UntrainedWeightsError", "build_cli", "main", "require_trained_weights", "top_level_help"]
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from audio_ssl.data.audio import AudioDecodeError
 from audio_ssl.data.cache import CacheGroup, WaveformCache, preview_names
 from audio_ssl.data.datasets import ClipDataset
+from audio_ssl.data.paths import DATA_ENV, DatasetNotFoundError, default_data_dir
 from audio_ssl.utils.download import fetch_and_extract
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class FoldAudioDataModule(L.LightningDataModule):
     Each stage reads only the folds it uses (fit: train + val, validate: val, test and predict:
     test): the waveform cache is kept per fold, so a layout that holds only the test fold can be
     tested, and every fold is still decoded once for all runs.
+
+    ``data_dir=None`` (a recipe without ``data_dir``) means ``$AUDIO_SSL_DATA/<dataset_name>``
+    (default root ``~/.cache/audio-ssl/data``; see :mod:`audio_ssl.data.paths`).
     """
 
     dataset_name: str = "audio"
@@ -65,7 +69,7 @@ class FoldAudioDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         test_fold: int = 1,
         val_fold: int | None = None,
         sample_rate: int = 16000,
@@ -90,7 +94,7 @@ class FoldAudioDataModule(L.LightningDataModule):
         clip_seconds = self.default_clip_seconds if clip_seconds is None else clip_seconds
         if clip_seconds <= 0:
             raise ValueError(f"clip_seconds must be positive, got {clip_seconds}")
-        self.data_dir = Path(data_dir).expanduser()
+        self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir(self.dataset_name)
         self.test_fold, self.val_fold = test_fold, val_fold
         self.sample_rate, self.clip_seconds = sample_rate, float(clip_seconds)
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -184,6 +188,26 @@ class FoldAudioDataModule(L.LightningDataModule):
         names = meta.drop_duplicates("label").set_index("label")["category"]
         return [str(names.get(i, i)) for i in range(self.num_classes)]
 
+    def describe(self) -> dict:
+        """What a checkpoint needs to be used without this data module: the dataset, folds, rate, clip length
+        and class names (``None`` when the metadata is not available). Plain values only."""
+        names = list(self.class_names) if self.metadata is not None or self.metadata_path.exists() else None
+        return {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "dataset": self.dataset_name,
+            "data_dir": str(self.data_dir.absolute()),
+            "num_folds": self.num_folds,
+            "test_fold": self.test_fold,
+            "val_fold": self.val_fold,
+            "train_folds": list(self.train_folds),
+            "transductive": bool(self.transductive),
+            "sample_rate": int(self.sample_rate),
+            "clip_seconds": float(self.clip_seconds),
+            "batch_size": int(self.batch_size),
+            "num_classes": len(names) if names is not None else int(self.official_num_classes),
+            "class_names": names,
+        }
+
     def _ensure_present(self) -> None:
         if self.metadata_path.exists():
             return
@@ -195,13 +219,13 @@ class FoldAudioDataModule(L.LightningDataModule):
                     f"downloaded {self.download_url} into {self.data_dir}, but {self.metadata_path} is not there"
                 )
             return
-        hint = (
-            f"download {self.download_url}, unpack it and point data_dir at the folder that holds "
-            f"'{self.metadata_relpath}' (or pass download=True on a machine with network access)"
-            if self.download_url
-            else f"place the dataset so that '{self.metadata_relpath}' is inside data_dir"
-        )
-        raise FileNotFoundError(f"{self.dataset_name} metadata not found at {self.metadata_path}: {hint}")
+        fetch = (f"or download {self.download_url} and unpack it there (--data.init_args.download true does "
+                 "both on a machine with network access)"
+                 if self.download_url else "and place the dataset so that it holds this file")
+        raise DatasetNotFoundError(
+            f"{self.dataset_name} not found: {self.metadata_path} does not exist; point at your copy with "
+            f"--data.init_args.data_dir DIR (or set ${DATA_ENV} to the folder holding '{self.dataset_name}/') "
+            f"{fetch}")
 
     @staticmethod
     def _require_columns(frame: pd.DataFrame, columns: list[str], source: Path) -> None:

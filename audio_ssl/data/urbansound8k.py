@@ -23,7 +23,7 @@ class UrbanSound8KDataModule(FoldAudioDataModule):
     metadata_relpath = "metadata/UrbanSound8K.csv"
     default_clip_seconds = 4.0
 
-    def __init__(self, data_dir: str, test_fold: int = 10, **kwargs):
+    def __init__(self, data_dir: str | None = None, test_fold: int = 10, **kwargs):
         super().__init__(data_dir, test_fold=test_fold, **kwargs)
 
     def read_metadata(self) -> pd.DataFrame:

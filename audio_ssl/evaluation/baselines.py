@@ -6,7 +6,7 @@ Registered as the pipeline ``baseline``; a config looks like::
     baseline: mfcc_logreg          # majority | random | mfcc_logreg
     data:                          # the same block as in the Lightning configs
       class_path: audio_ssl.data.ESC50DataModule
-      init_args: {data_dir: ../shared/data/esc50-16k, sample_rate: 16000}
+      init_args: {sample_rate: 16000}  # data_dir: $AUDIO_SSL_DATA/esc50 by default
     n_mfcc: 40                     # mfcc_logreg only (defaults in MFCCParams)
     C: 1.0
     max_iter: 2000

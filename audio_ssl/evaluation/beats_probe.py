@@ -20,7 +20,7 @@ Three ways in:
       layers: null                 # or e.g. [8, 12]: hidden states to pool and concatenate
       probe: linear_probe.yaml     # probe settings (C, solver, device, embed_batch_size, ...), or a mapping
       feature_cache_dir: null      # default: ~/.cache/audio-ssl/features ($AUDIO_SSL_FEATURES)
-      data: {class_path: audio_ssl.data.ESC50DataModule, init_args: {data_dir: ../shared/data/esc50-16k}}
+      data: {class_path: audio_ssl.data.ESC50DataModule, init_args: {}}  # data_dir: $AUDIO_SSL_DATA/esc50 by default
 
 * the command line, which also reads the Lightning YAML ``experiments/beats_probe.yaml``::
 
@@ -345,8 +345,6 @@ def main(argv: list[str] | None = None) -> dict[int, FoldOutput]:
         init_args["data_dir"] = args.data_dir
     if args.cache_dir is not None:
         init_args["cache_dir"] = args.cache_dir
-    if "data_dir" not in init_args:
-        parser.error("pass --data-dir (or a --config whose data block sets data_dir)")
     data["init_args"] = init_args
     probe = load_probe_config(args.probe)
     if args.C is not None:

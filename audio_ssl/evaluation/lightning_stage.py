@@ -90,9 +90,11 @@ def fit_stage(args: list[str], stage_dir: Path, before_fit: Callable[[object], N
     last = stage_dir / "checkpoints" / "last.ckpt"
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if last.exists() else None)
     epochs = int(cli.trainer.current_epoch)
+    describe = getattr(cli.model, "checkpoint_metadata", None)  # self-description, as in Lightning checkpoints
     with atomic_write(final) as fh:
         torch.save({"state_dict": cli.model.state_dict(), "epoch": epochs,
-                    "global_step": int(cli.trainer.global_step)}, fh)
+                    "global_step": int(cli.trainer.global_step),
+                    **({"audio_ssl": describe()} if callable(describe) else {})}, fh)
     return cli, epochs
 
 

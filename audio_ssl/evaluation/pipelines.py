@@ -107,7 +107,7 @@ class Pretrained:
 def pretrain_stage(context: FoldContext) -> Pretrained:
     """Fit the ``pretrain`` YAML with ``test_fold=context.fold`` (resumable), keeping a copy of the untrained
     model."""
-    config, fold = context.config, context.fold
+    config = context.config
     path = context.resolve_path("pretrain")
     transductive = bool(config.get("transductive", False))
     # Transductive pretraining sees every fold's audio whatever the held-out fold, so its weights do not

@@ -44,8 +44,12 @@ def _log_to_wandb(run_name: str, project: str, job_name: str, job_type: str, dir
     try:
         import wandb
 
+        from audio_ssl.utils.run_logging import stable_wandb_id
+
+        # a fixed id per folder and job: re-running the command continues the same W&B run (one summary run)
+        run_id = stable_wandb_id(str(Path(directory).resolve()), job_name)
         active = wandb.run or wandb.init(project=project, group=run_name, name=job_name, job_type=job_type,
-                                         dir=str(directory))
+                                         dir=str(directory), id=run_id, resume="allow")
         payload(active)
         wandb.finish()
     except Exception as err:  # W&B is never required

@@ -12,6 +12,14 @@ from audio_ssl.evaluation.knn import knn_predict
 from audio_ssl.features.logmel import LogMelSpectrogram
 from audio_ssl.utils.distributed import all_gather_no_grad
 from audio_ssl.utils.optim import build_optimizer, build_scheduler, split_decay
+from audio_ssl.utils.provenance import (
+    CHECKPOINT_KEY,
+    METADATA_FORMAT,
+    describe_module,
+    git_state,
+    package_version,
+    to_plain,
+)
 
 
 def load_prefixed_weights(module: nn.Module, state: dict, source: str, prefix: str = "encoder.") -> None:
@@ -94,7 +102,41 @@ class BaseMethod(L.LightningModule):
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         load_prefixed_weights(self.encoder, state.get("state_dict", state), checkpoint)
 
-    # ------------------------------------------------------------------ features on the device    # ------------------------------------------------------------------ features on the device
+    # ------------------------------------------------------------------ self-describing checkpoints
+    model_config: dict | None = None
+    """``{"class_path", "init_args"}`` of this model as the CLI resolved it (set by :class:`audio_ssl.cli.AudioSSLCLI`);
+    stored in checkpoints so that ``classify`` and ``probe`` can rebuild the model without the YAML."""
+
+    def checkpoint_metadata(self) -> dict:
+        """What a checkpoint needs to be used alone (plain values; stored under ``checkpoint["audio_ssl"]``):
+        the method and its resolved config, the front end's settings, the data (dataset, class names, test/val/train
+        folds, transductive, sample rate, clip length, batch size; from the trainer's data module), the W&B run
+        id and the source version (package version, git commit)."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        describe = getattr(datamodule, "describe", None)
+        wandb_ids = [lg.version for lg in (trainer.loggers if trainer is not None else [])
+                     if type(lg).__name__ == "WandbLogger"]
+        git = git_state()
+        cls = type(self)
+        return {
+            "format": METADATA_FORMAT,
+            "method": f"{cls.__module__}.{cls.__qualname__}",
+            "num_classes": int(self.num_classes),
+            "sample_rate": int(self.sample_rate),
+            "model_config": to_plain(self.model_config),
+            "frontend": describe_module(self.frontend),
+            "data": to_plain(describe()) if callable(describe) else None,
+            "wandb_run_id": wandb_ids[0] if wandb_ids else None,
+            "audio_ssl_version": package_version(),
+            "git_commit": git["commit"],
+            "git_dirty": git["dirty"],
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
+
+    # ------------------------------------------------------------------ features on the device
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         batch["audio"] = batch["audio"].float()  # the loaders ship float16 waveforms
         return self.train_transform(batch) if self.training else self.eval_transform(batch)

@@ -1,10 +1,13 @@
 """``audio-ssl classify``: class predictions for audio files and folders of any length, rate, channel count and format.
 
-    audio-ssl classify --checkpoint runs/x/checkpoints/last.ckpt --config experiments/supervised_cpu.yaml \\
+    audio-ssl classify --checkpoint runs/x/checkpoints/last.ckpt \\
         recordings/ street.flac --timeline --format json --out predictions.json
 
-The model is rebuilt from the experiment YAML's ``model`` block (its ``sample_rate`` and the clip length
-from the ``data`` block) and its weights are loaded from the Lightning checkpoint. Every file is decoded
+The checkpoint is enough: audio-ssl checkpoints store the resolved model config, the class names, the
+sample rate and the clip length (``checkpoint["audio_ssl"]``), and the model is rebuilt from them. With
+``--config`` (needed only for checkpoints saved without that description) the model is rebuilt from the
+experiment YAML's ``model`` block instead (its ``sample_rate`` and the clip length from the ``data`` block).
+Either way the weights are loaded from the Lightning checkpoint with ``weights_only=True``. Every file is decoded
 with :func:`audio_ssl.data.audio.decode_audio` (mixed to mono, resampled to the model's rate); folders
 are searched recursively for audio files. A recording is scored in windows of the model's clip length
 (``--window-seconds``, default ``data.clip_seconds``) every ``--hop-seconds`` (default half a window),
@@ -74,11 +77,14 @@ def _fail(message: str) -> SystemExit:
 class ClassifierBundle:
     """A model ready to score waveforms: ``score(audio [B, T]) -> probs [B, C]`` plus what it expects."""
 
-    def __init__(self, model: torch.nn.Module, datamodule, device: torch.device):
+    def __init__(self, model: torch.nn.Module, datamodule, device: torch.device,
+                 class_names: Sequence[str] | None = None, clip_seconds: float | None = None):
         self.model, self.datamodule, self.device = model, datamodule, device
         self.sample_rate: int = int(model.sample_rate)
         self.num_classes: int = int(model.num_classes)
-        self.clip_seconds: float = float(datamodule.clip_seconds)
+        self.clip_seconds: float = float(clip_seconds if clip_seconds is not None else datamodule.clip_seconds)
+        self.class_names: list[str] | None = list(class_names) if class_names else None
+        """Class names stored in the checkpoint (``None`` if it has none)."""
 
     def score(self, audio: torch.Tensor) -> torch.Tensor:
         predict_proba: Callable | None = getattr(self.model, "predict_proba", None)
@@ -87,58 +93,73 @@ class ClassifierBundle:
         return torch.softmax(self.model(self.model.frontend(audio)), dim=1)
 
 
-def load_classifier(config_path: str | os.PathLike, checkpoint_path: str | os.PathLike,
+def load_classifier(config_path: str | os.PathLike | None, checkpoint_path: str | os.PathLike,
                     device: str | torch.device = "cpu") -> ClassifierBundle:
-    """Rebuild the model of an experiment YAML and load a Lightning checkpoint's weights (``weights_only``).
+    """Rebuild a model and load a Lightning checkpoint's weights (``weights_only``).
 
-    The number of classes comes from the checkpoint's hyper-parameters when saved there, else from the
-    config's data module (its metadata, or the dataset's official count).
+    ``config_path=None``: the model comes from the checkpoint's own description (``checkpoint["audio_ssl"]``:
+    resolved model config, number of classes, sample rate, clip length, class names). With an experiment YAML,
+    from its ``model`` block; the number of classes then comes from the checkpoint (description or
+    hyper-parameters) when saved there, else from the config's data module.
     """
     from jsonargparse import ArgumentParser
 
     from audio_ssl.data.base import FoldAudioDataModule
     from audio_ssl.methods.base import BaseMethod
+    from audio_ssl.utils.provenance import checkpoint_metadata, read_checkpoint
 
-    config_path, checkpoint_path = Path(config_path), Path(checkpoint_path)
-    try:
-        config = yaml.safe_load(config_path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{config_path}: cannot read the experiment config ({err})") from err
-    if not isinstance(config, dict) or "model" not in config or "data" not in config:
-        raise ValueError(f"{config_path}: not a Lightning experiment config (needs 'model' and 'data' blocks)")
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{checkpoint_path}: checkpoint file does not exist") from None
-    except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"{checkpoint_path}: cannot load the checkpoint with weights_only=True ({err})") from err
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    checkpoint_path = Path(checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path)
+    state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{checkpoint_path}: no state_dict of tensors in this checkpoint")
-
+    meta = checkpoint_metadata(checkpoint)
+    data_meta = meta.get("data") or {}
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(FoldAudioDataModule, "data")
     parser.add_subclass_arguments(BaseMethod, "model")
-    data_block, model_block = dict(config["data"]), dict(config["model"])
-    try:
-        datamodule = parser.instantiate_classes(parser.parse_object({"data": data_block})).data
-    except Exception as err:
-        raise ValueError(f"{config_path}: the 'data' block cannot be instantiated ({err})") from err
-    hparams = checkpoint.get("hyper_parameters") or {}
-    num_classes = hparams.get("num_classes") or datamodule.num_classes
-    model_block["init_args"] = {**(model_block.get("init_args") or {}), "num_classes": int(num_classes),
-                                "sample_rate": int(datamodule.sample_rate)}
+
+    if config_path is None:
+        if not meta.get("model_config"):
+            raise ValueError(f"{checkpoint_path}: this checkpoint does not describe its model (saved before audio-ssl "
+                             "stored one, or outside the audio-ssl CLI): pass --config EXPERIMENT.yaml")
+        source, datamodule, model_block = str(checkpoint_path), None, dict(meta["model_config"])
+        num_classes, sample_rate = int(meta["num_classes"]), int(meta["sample_rate"])
+        clip_seconds = data_meta.get("clip_seconds")
+        if clip_seconds is None:
+            raise ValueError(f"{checkpoint_path}: the checkpoint does not record its clip length: pass "
+                             "--config EXPERIMENT.yaml")
+    else:
+        config_path = Path(config_path)
+        source = str(config_path)
+        try:
+            config = yaml.safe_load(config_path.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"{config_path}: cannot read the experiment config ({err})") from err
+        if not isinstance(config, dict) or "model" not in config or "data" not in config:
+            raise ValueError(f"{config_path}: not a Lightning experiment config (needs 'model' and 'data' blocks)")
+        data_block, model_block = dict(config["data"]), dict(config["model"])
+        try:
+            datamodule = parser.instantiate_classes(parser.parse_object({"data": data_block})).data
+        except Exception as err:
+            raise ValueError(f"{config_path}: the 'data' block cannot be instantiated ({err})") from err
+        hparams = checkpoint.get("hyper_parameters") or {}
+        num_classes = int(meta.get("num_classes") or hparams.get("num_classes") or datamodule.num_classes)
+        sample_rate, clip_seconds = int(datamodule.sample_rate), float(datamodule.clip_seconds)
+    model_block["init_args"] = {**(model_block.get("init_args") or {}), "num_classes": num_classes,
+                                "sample_rate": sample_rate}
     try:
         model = parser.instantiate_classes(parser.parse_object({"model": model_block})).model
     except Exception as err:
-        raise ValueError(f"{config_path}: the 'model' block cannot be instantiated ({err})") from err
+        raise ValueError(f"{source}: the model cannot be instantiated ({err})") from err
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{checkpoint_path}: the weights do not fit the model of {config_path} "
+        raise ValueError(f"{checkpoint_path}: the weights do not fit the model of {source} "
                          f"(built with num_classes={num_classes}): {err}") from err
     device = torch.device(device)
-    return ClassifierBundle(model.eval().to(device), datamodule, device)
+    return ClassifierBundle(model.eval().to(device), datamodule, device, class_names=data_meta.get("class_names"),
+                            clip_seconds=clip_seconds)
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -173,11 +194,14 @@ def class_names_for(labels: str, label_file: str | None, bundle: ClassifierBundl
         names, source = read_label_file(path), path
     elif labels == "dataset":
         dm = bundle.datamodule
-        if dm.metadata_path.exists():
+        if bundle.class_names:
+            names, source = bundle.class_names, "the checkpoint's class names"
+        elif dm is not None and dm.metadata_path.exists():
             names, source = list(dm.class_names), str(dm.metadata_path)
         else:
-            print(f"audio-ssl classify: no dataset metadata at {dm.metadata_path}: classes are shown as indices",
-                  file=sys.stderr)
+            where = f" and no dataset metadata at {dm.metadata_path}" if dm is not None else ""
+            print(f"audio-ssl classify: the checkpoint has no class names{where}: classes are shown as indices "
+                  "(pass --label-file NAMES.txt for names)", file=sys.stderr)
     if names is None:
         return [str(i) for i in range(bundle.num_classes)]
     if len(names) != bundle.num_classes:
@@ -271,14 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="audio files and folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint (.ckpt) of the trained model")
-    parser.add_argument("--config", required=True, help="the experiment YAML the checkpoint was trained with")
+    parser.add_argument("--config", default=None,
+                        help="the experiment YAML the checkpoint was trained with (only for checkpoints that do "
+                             "not describe their model)")
     parser.add_argument("--labels", choices=("dataset", "audioset", "index"), default="dataset",
-                        help="class names: the config's dataset metadata, AudioSet's 527 names (from --label-file "
+                        help="class names: the checkpoint's (else the config's dataset metadata), AudioSet's 527 names (from --label-file "
                              f"or ${AUDIOSET_LABELS_ENV}), or plain indices (default: %(default)s)")
     parser.add_argument("--label-file", default=None,
                         help="class names from a CSV (display_name/name/category column) or a text file")
     parser.add_argument("--window-seconds", type=_positive, default=None,
-                        help="window length (default: the config's data.clip_seconds)")
+                        help="window length (default: the model's clip length)")
     parser.add_argument("--hop-seconds", type=_positive, default=None, help="hop between windows (default: half a window)")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per file/window (default: %(default)s)")
     parser.add_argument("--timeline", action="store_true", help="also list every window's top-k")

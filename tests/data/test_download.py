@@ -84,6 +84,6 @@ def test_datamodule_without_download_flag_never_fetches(tmp_path, monkeypatch):
         raise AssertionError("must not download")
 
     monkeypatch.setattr("audio_ssl.data.base.fetch_and_extract", boom)
-    with pytest.raises(FileNotFoundError, match="download=True"):
+    with pytest.raises(FileNotFoundError, match="--data.init_args.download true"):
         ESC50DataModule(str(tmp_path / "x")).prepare_data()
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
