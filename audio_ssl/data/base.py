@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from audio_ssl.data.cache import WaveformCache
 from audio_ssl.data.datasets import ClipDataset
+from audio_ssl.data.sampler import ShardSampler
 from audio_ssl.utils.download import fetch_and_extract
 
 log = logging.getLogger(__name__)
@@ -187,10 +188,14 @@ class FoldAudioDataModule(L.LightningDataModule):
             self.test_set = self.split([self.test_fold], random_crop=False)
 
     def _loader(self, dataset: ClipDataset, train: bool) -> DataLoader:
+        # Evaluation under DDP: every clip once (Lightning's padded DistributedSampler repeats clips).
+        shards = None if train else getattr(self.trainer, "distributed_sampler_kwargs", None)
+        sampler = ShardSampler(dataset, shards["num_replicas"], shards["rank"]) if shards else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),

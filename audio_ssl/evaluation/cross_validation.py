@@ -45,7 +45,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from audio_ssl.evaluation.fold import FoldOutput, classification_metrics, predictions_frame
+from audio_ssl.evaluation.fold import (
+    FoldOutput,
+    classification_metrics,
+    gather_clip_outputs,
+    predictions_frame,
+)
+from audio_ssl.utils.distributed import barrier, broadcast_from_rank_zero, is_rank_zero
+from audio_ssl.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -310,20 +317,19 @@ def fit_stage(args: list[str], stage_dir: Path, before_fit: Callable[[object], N
         return cli, int(state.get("epoch", 0))
     last = stage_dir / "checkpoints" / "last.ckpt"
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if last.exists() else None)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_suffix(".tmp")
     epochs = int(cli.trainer.current_epoch)
-    torch.save({"state_dict": cli.model.state_dict(), "epoch": epochs, "global_step": int(cli.trainer.global_step)},
-               tmp)
-    os.replace(tmp, final)
+    # DDP: every rank holds the same weights; rank 0 writes, the others wait until the file is there.
+    if is_rank_zero():
+        with atomic_write(final) as fh:
+            torch.save({"state_dict": cli.model.state_dict(), "epoch": epochs,
+                        "global_step": int(cli.trainer.global_step)}, fh)
+    barrier()
     return cli, epochs
 
 
 def evaluate_stage(cli, info: dict | None = None) -> FoldOutput:
     """Test the CLI's model on its held-out fold with its current (final) weights; per-clip predictions from
     ``model.test_outputs`` (SupervisedClassifier) or ``predict_step`` outputs ``{"index", "probs"}``."""
-    import torch
-
     model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
     datamodule.setup("test")
     test_set = datamodule.test_set
@@ -335,9 +341,8 @@ def evaluate_stage(cli, info: dict | None = None) -> FoldOutput:
     if not outputs or "probs" not in outputs[0]:
         raise ValueError(f"{type(model).__name__} produces no class probabilities on the test fold (neither "
                          "test_outputs nor predict_step's 'probs'): evaluate it with pipeline: pretrain_probe")
-    index = torch.cat([torch.as_tensor(o["index"]).cpu() for o in outputs]).numpy()
-    probs = torch.cat([o["probs"].float().cpu() for o in outputs]).numpy()
-    if sorted(index.tolist()) != list(range(len(test_set))):
+    index, probs = gather_clip_outputs(outputs)  # DDP: every rank's shard (a collective); repeats dropped
+    if index.tolist() != list(range(len(test_set))):
         raise RuntimeError(f"the test loop saw {len(index)} clips, not each of the {len(test_set)} test clips once")
     files = [test_set.files[i] for i in index]
     labels = test_set.labels[index]
@@ -563,7 +568,8 @@ def run_cv(
                 f"{previous.get('overrides')}); use another --name or delete that folder")
     run_meta = {"name": name, "config_file": str(config_path), "pipeline": pipeline, "overrides": overrides,
                 "fingerprint": fingerprint, "num_folds": num_folds}
-    _atomic_write(run_file, json.dumps(run_meta, indent=2))
+    if is_rank_zero():  # DDP: the other ranks start later, from rank 0's first Trainer call
+        _atomic_write(run_file, json.dumps(run_meta, indent=2))
 
     if wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -579,10 +585,15 @@ def run_cv(
         log.info("fold %d/%d: running %s", fold, num_folds, pipeline)
         start = time.perf_counter()
         outputs = task(task_config, fold, fold_dir)
-        result = save_fold_result(run_dir, fold, outputs, time.perf_counter() - start, fingerprint)
-        _log_fold(run, fold, result, fold_dir)
+        # DDP (every rank runs this loop): rank 0 writes and logs the fold, the others wait for the files.
+        if is_rank_zero():
+            result = save_fold_result(run_dir, fold, outputs, time.perf_counter() - start, fingerprint)
+            _log_fold(run, fold, result, fold_dir)
+        barrier()
         finish_wandb()
 
+    if not is_rank_zero():  # DDP: rank 0 summarises and writes; the others return its summary
+        return broadcast_from_rank_zero(None)
     summary = build_summary(run_dir, finished_folds(run_dir),
                             {**run_meta, **git_state(), "device": device_description(),
                              "cv_config_text": config_path.read_text()})
@@ -593,4 +604,4 @@ def run_cv(
 
         analysis_files = analyze_run(run_dir, examples=examples)
     _log_summary(run, summary, run_dir, analysis_files)
-    return summary
+    return broadcast_from_rank_zero(summary)
