@@ -15,6 +15,7 @@ from audio_ssl.data.audio import AudioDecodeError
 from audio_ssl.data.cache import CacheGroup, WaveformCache, preview_names
 from audio_ssl.data.datasets import ClipDataset
 from audio_ssl.data.paths import DATA_ENV, DatasetNotFoundError, default_data_dir
+from audio_ssl.data.sampler import ShardSampler
 from audio_ssl.utils.download import fetch_and_extract
 
 log = logging.getLogger(__name__)
@@ -358,10 +359,14 @@ class FoldAudioDataModule(L.LightningDataModule):
                 setattr(self, name, self.split_dataset(self._set_split(name), random_crop=name == "train_set"))
 
     def _loader(self, dataset: ClipDataset, train: bool) -> DataLoader:
+        # Evaluation under DDP: every clip once (Lightning's padded DistributedSampler repeats clips).
+        shards = None if train else getattr(self.trainer, "distributed_sampler_kwargs", None)
+        sampler = ShardSampler(dataset, shards["num_replicas"], shards["rank"]) if shards else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),

@@ -179,3 +179,25 @@ def predictions_frame(
         frame[f"top{i + 1}"] = order[:, i]
         frame[f"top{i + 1}_prob"] = probs[np.arange(len(probs)), order[:, i]]
     return frame
+
+
+def gather_clip_outputs(outputs: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """``(index [N], probs [N, C])`` of per-batch outputs ``{"index", "probs"}`` from every process, sorted by
+    clip index with repeats dropped (a padded distributed sampler scores some clips twice).
+
+    Under DDP each rank holds the outputs of its own shard; this is a collective: call it on every rank.
+    """
+    from audio_ssl.utils.distributed import all_gather_objects
+
+    local = ([torch.as_tensor(o["index"]).cpu().long() for o in outputs],
+             [torch.as_tensor(o["probs"]).detach().float().cpu() for o in outputs])
+    index, probs = [], []
+    for rank_index, rank_probs in all_gather_objects(local):
+        index += rank_index
+        probs += rank_probs
+    if not index:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    index_np = torch.cat(index).numpy()
+    probs_np = torch.cat(probs).numpy()
+    unique, first = np.unique(index_np, return_index=True)  # sorted clip indices, first occurrence of each
+    return unique, probs_np[first]

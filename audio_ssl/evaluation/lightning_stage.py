@@ -22,9 +22,11 @@ from audio_ssl.evaluation.fold import (
     FoldOutput,
     ResultDescription,
     classification_metrics,
+    gather_clip_outputs,
     predictions_frame,
 )
 from audio_ssl.evaluation.tracking import logger_spec
+from audio_ssl.utils.distributed import barrier, is_rank_zero
 from audio_ssl.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -91,10 +93,13 @@ def fit_stage(args: list[str], stage_dir: Path, before_fit: Callable[[object], N
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if last.exists() else None)
     epochs = int(cli.trainer.current_epoch)
     describe = getattr(cli.model, "checkpoint_metadata", None)  # self-description, as in Lightning checkpoints
-    with atomic_write(final) as fh:
-        torch.save({"state_dict": cli.model.state_dict(), "epoch": epochs,
-                    "global_step": int(cli.trainer.global_step),
-                    **({"audio_ssl": describe()} if callable(describe) else {})}, fh)
+    # DDP: every rank holds the same weights; rank 0 writes, the others wait until the file is there.
+    if is_rank_zero():
+        with atomic_write(final) as fh:
+            torch.save({"state_dict": cli.model.state_dict(), "epoch": epochs,
+                        "global_step": int(cli.trainer.global_step),
+                        **({"audio_ssl": describe()} if callable(describe) else {})}, fh)
+    barrier()
     return cli, epochs
 
 
@@ -104,7 +109,6 @@ def evaluate_stage(cli, description: ResultDescription | None = None) -> FoldOut
     The output's description is ``description`` with the dataset and the device filled in."""
     import dataclasses
 
-    import torch
 
     model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
     datamodule.setup("test")
@@ -117,9 +121,8 @@ def evaluate_stage(cli, description: ResultDescription | None = None) -> FoldOut
     if not outputs or "probs" not in outputs[0]:
         raise ValueError(f"{type(model).__name__} produces no class probabilities on the test fold (neither "
                          "test_outputs nor predict_step's 'probs'): evaluate it with pipeline: pretrain_probe")
-    index = torch.cat([torch.as_tensor(o["index"]).cpu() for o in outputs]).numpy()
-    probs = torch.cat([o["probs"].float().cpu() for o in outputs]).numpy()
-    if sorted(index.tolist()) != list(range(len(test_set))):
+    index, probs = gather_clip_outputs(outputs)  # DDP: every rank's shard (a collective); repeats dropped
+    if index.tolist() != list(range(len(test_set))):
         raise RuntimeError(f"the test loop saw {len(index)} clips, not each of the {len(test_set)} test clips once")
     files = [test_set.files[i] for i in index]
     labels = test_set.labels[index]

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from audio_ssl.utils.io import atomic_write  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 
@@ -38,14 +40,21 @@ def confusion_matrix_figure(matrix: np.ndarray | torch.Tensor, class_names: list
 
 
 def log_confusion_matrix(trainer, matrix: torch.Tensor, class_names: list[str] | None = None,
-                         key: str = "test/confusion_matrix") -> Path:
-    """Write the confusion matrix PNG into the run's log folder and log it to every W&B logger."""
-    out_dir = Path(trainer.log_dir or trainer.default_root_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / (key.replace("/", "_") + ".png")
+                         key: str = "test/confusion_matrix", out_dir: str | os.PathLike | None = None) -> Path:
+    """Write the confusion matrix PNG into ``out_dir`` and log it to every W&B logger of ``trainer``.
+
+    Under DDP call this on rank 0 only, and pass ``out_dir``: the default, ``trainer.log_dir``, is a
+    broadcast from rank 0 that the other ranks would never join (a crash on gloo, a hang on NCCL).
+    """
+    if out_dir is None:
+        out_dir = trainer.log_dir or trainer.default_root_dir
+    path = Path(out_dir) / (key.replace("/", "_") + ".png")
     fig = confusion_matrix_figure(matrix, class_names)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as fh:
+            fig.savefig(fh, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.log_image(key=key, images=[str(path)])

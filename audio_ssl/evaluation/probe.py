@@ -36,6 +36,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from audio_ssl.evaluation.fold import FoldOutput, ResultDescription, classification_metrics, predictions_frame
+from audio_ssl.utils.distributed import broadcast_from_rank_zero, rank, world_size
 from audio_ssl.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,23 @@ def probe_fold(module: torch.nn.Module, train_set, test_set, num_classes: int, c
                config: ProbeConfig, train_groups: np.ndarray | None = None, cache_dir: Path | None = None,
                tag: str = "embeddings") -> FoldOutput:
     """Linear probe of ``module.embed`` trained on ``train_set`` and tested on ``test_set`` (both with
-    ``random_crop=False``). The module is only run forward in inference mode; it is never updated."""
+    ``random_crop=False``). The module is only run forward in inference mode; it is never updated.
+
+    Under DDP (a CV pipeline after distributed pretraining, where every rank calls this) rank 0 runs the
+    probe alone, on the whole fold, reading and writing the embedding cache, and every rank returns its
+    result: the same numbers as one process, and no two processes writing one file."""
+    if world_size() > 1:
+        output = None
+        if rank() == 0:
+            output = _probe_fold(module, train_set, test_set, num_classes, class_names, config, train_groups,
+                                 cache_dir, tag)
+        return broadcast_from_rank_zero(output)
+    return _probe_fold(module, train_set, test_set, num_classes, class_names, config, train_groups, cache_dir, tag)
+
+
+def _probe_fold(module: torch.nn.Module, train_set, test_set, num_classes: int, class_names: Sequence[str],
+                config: ProbeConfig, train_groups: np.ndarray | None, cache_dir: Path | None,
+                tag: str) -> FoldOutput:
     start = time.perf_counter()
     embedded = cached_embeddings(module, {"train": train_set, "test": test_set}, cache_dir, tag, config)
     (x_train, y_train), (x_test, y_test) = embedded["train"], embedded["test"]

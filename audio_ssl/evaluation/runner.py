@@ -26,6 +26,7 @@ from audio_ssl.evaluation.registry import DEFAULT_PIPELINE, get_pipeline
 from audio_ssl.evaluation.run_config import config_fingerprint, infer_num_folds, load_config, project_for
 from audio_ssl.evaluation.summary import build_summary, folds_frame
 from audio_ssl.evaluation.tracking import finish_wandb, log_fold, log_summary
+from audio_ssl.utils.distributed import barrier, broadcast_from_rank_zero, is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ def run_cv(
     record = run_store.RunRecord(name=name, config_file=str(config_path), pipeline=pipeline,
                                  overrides=list(overrides), fingerprint=config_fingerprint(config_path, overrides),
                                  num_folds=num_folds)
-    run_store.open_run(run_dir, record)
+    if is_rank_zero():  # DDP: the other ranks start later, from rank 0's first Trainer call
+        run_store.open_run(run_dir, record)
 
     if wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -108,13 +110,18 @@ def run_cv(
         log.info("fold %d/%d: running %s", fold, num_folds, pipeline)
         start = time.perf_counter()
         outputs = task(context)
-        result = run_store.save_fold_result(run_dir, fold, outputs, time.perf_counter() - start,
-                                            record.fingerprint)
-        if wandb:
-            log_fold(name, project, fold, {v: r.metrics for v, r in result.variants.items()}, result.wall_time_s,
-                     context.work_dir)
+        # DDP (every rank runs this loop): rank 0 writes and logs the fold, the others wait for the files.
+        if is_rank_zero():
+            result = run_store.save_fold_result(run_dir, fold, outputs, time.perf_counter() - start,
+                                                record.fingerprint)
+            if wandb:
+                log_fold(name, project, fold, {v: r.metrics for v, r in result.variants.items()},
+                         result.wall_time_s, context.work_dir)
+        barrier()
         finish_wandb()
 
+    if not is_rank_zero():  # DDP: rank 0 summarises and writes; the others return its summary
+        return broadcast_from_rank_zero(None)
     fold_results = run_store.finished_folds(run_dir)
     summary = build_summary(run_dir, fold_results,
                             {**vars(record), **git_state(), "device": device_description(),
@@ -124,4 +131,4 @@ def run_cv(
     analysis_files = analyze_run(run_dir, examples=examples) if analyze else {}
     if wandb:
         log_summary(name, project, summary, folds_table, run_dir, analysis_files)
-    return summary
+    return broadcast_from_rank_zero(summary)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audio_ssl.evaluation.knn import knn_predict
+from audio_ssl.evaluation.metrics import WeightedMean
 from audio_ssl.features.logmel import LogMelSpectrogram
 from audio_ssl.utils.distributed import all_gather_no_grad
 from audio_ssl.utils.optim import build_optimizer, build_scheduler, split_decay
@@ -90,6 +91,7 @@ class BaseMethod(L.LightningModule):
         self.init_encoder_from = init_encoder_from
         self._knn_bank: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._knn_val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._epoch_means = nn.ModuleDict()  # log_metrics' MeanMetrics, by logged name, created on first use
 
     # ------------------------------------------------------------------ initialisation from a pretraining run
     def setup(self, stage: str) -> None:
@@ -188,18 +190,32 @@ class BaseMethod(L.LightningModule):
             val_y = torch.cat([y for _, y in self._knn_val])
             scores = knn_predict(bank_x, bank_y, val_x, self.num_classes, self.knn_k, self.knn_temperature)
             correct = (scores.argmax(1) == val_y).float()
-            self.log("val/knn_acc", correct.mean(), sync_dist=True, batch_size=len(val_y))
+            self.log_metrics("val", {"knn_acc": correct.mean()}, batch_size=len(val_y))
         self._knn_val.clear()
 
     # ------------------------------------------------------------------ logging
     def log_metrics(self, stage: str, metrics: dict, batch_size: int, **kwargs) -> None:
-        """Log ``{stage}/{name}``; per step in training, epoch means (synced across ranks) elsewhere."""
+        """Log ``{stage}/{name}``: the epoch mean weighted by ``batch_size`` over every batch of every rank; in
+        training also the step value (this rank's, as ``..._step``; the epoch mean is then ``..._epoch``).
+
+        The epoch means are :class:`WeightedMean` states (weighted sum and weight, float64) summed over
+        the ranks once, at the end of the epoch. Lightning's own ``sync_dist`` mean is not used: it averages
+        the integer batch counts of the ranks with an integer division (8 and 7 clips count as 14), and per
+        step it would be a collective, which hangs when evaluation shards differ by a batch.
+        """
         on_step = stage == "train"
-        self.log_dict(
-            {f"{stage}/{k}": v for k, v in metrics.items()},
-            on_step=on_step, on_epoch=True, prog_bar=kwargs.pop("prog_bar", False),
-            sync_dist=not on_step, batch_size=batch_size, **kwargs,
-        )
+        prog_bar = kwargs.pop("prog_bar", False)
+        for name, value in metrics.items():
+            key = f"{stage}/{name}"
+            if key not in self._epoch_means:
+                self._epoch_means[key] = WeightedMean().to(self.device)
+            mean = self._epoch_means[key]
+            if on_step:
+                mean(value, batch_size)  # forward: the step value (this batch) + accumulation
+            else:
+                mean.update(value, batch_size)
+            self.log(key, mean, on_step=on_step, on_epoch=True, prog_bar=prog_bar,
+                     metric_attribute=f"_epoch_means.{key}", **kwargs)
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict]:

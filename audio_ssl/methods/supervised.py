@@ -5,24 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from audio_ssl.evaluation.metrics import ClassificationScores
 from audio_ssl.evaluation.plots import log_confusion_matrix
 from audio_ssl.features.augment import Mixup, RandomGain, RandomTimeShift, SpecAugment
 from audio_ssl.methods.base import BaseMethod
 from audio_ssl.models.heads import ClassificationHead
 from audio_ssl.models.resnet import AudioResNet
-
-
-def classification_metrics(num_classes: int) -> MetricCollection:
-    metrics = {
-        "acc": MulticlassAccuracy(num_classes, average="micro"),
-        "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-    }
-    if num_classes > 5:
-        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-    return MetricCollection(metrics)
 
 
 class SupervisedClassifier(BaseMethod):
@@ -34,6 +23,11 @@ class SupervisedClassifier(BaseMethod):
 
     Test-time augmentation: ``tta_views > 1`` averages the softmax over that many circular time
     shifts of each test clip (evenly spaced over the clip), computed on the device.
+
+    Evaluation metrics (``val/acc``, ``val/f1_macro``, ``val/acc_top5`` and the same under ``test/``) are
+    computed once per epoch from counts summed over every batch and process (:class:`ClassificationScores`),
+    so they equal scikit-learn on the epoch's predictions. ``test_outputs`` holds this process's clips only;
+    under DDP the CV runner gathers them.
     """
 
     def __init__(
@@ -65,9 +59,8 @@ class SupervisedClassifier(BaseMethod):
         if tta_views < 1:
             raise ValueError(f"tta_views must be >= 1, got {tta_views}")
         self.tta_views = tta_views
-        self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
-        self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.val_metrics = ClassificationScores(num_classes)
+        self.test_metrics = ClassificationScores(num_classes)
         self.test_outputs: list[dict] = []
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
@@ -93,7 +86,21 @@ class SupervisedClassifier(BaseMethod):
         loss = F.cross_entropy(logits, batch["label"])
         self.val_metrics.update(logits, batch["label"])
         self.log_metrics("val", {"loss": loss}, batch_size=len(logits))
-        self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=len(logits))
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_scores("val", self.val_metrics, prog_bar=True)
+
+    def _log_scores(self, stage: str, metric: ClassificationScores, prog_bar: bool = False) -> None:
+        """Log the epoch's scores (every rank calls this: ``compute`` syncs the counts across processes)."""
+        if metric.update_count == 0:  # e.g. a validation loop limited to zero batches
+            return
+        scores = metric.compute()
+        metric.reset()
+        # The values are already global and equal on every rank. Lightning wants epoch-level values synced; the
+        # max of equal values is exact (a mean over ranks could round).
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, on_epoch=True, prog_bar=prog_bar,
+                      sync_dist=True, reduce_fx="max")
 
     def predict_proba(self, audio: torch.Tensor) -> torch.Tensor:
         """Class probabilities for raw waveforms [B, T], averaged over ``tta_views`` circular shifts."""
@@ -105,20 +112,21 @@ class SupervisedClassifier(BaseMethod):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         probs = self.predict_proba(batch["audio"])
         self.test_metrics.update(probs, batch["label"])
-        self.test_confusion.update(probs, batch["label"])
-        self.log_dict(self.test_metrics, on_epoch=True, batch_size=len(probs))
         self.test_outputs.append({"index": batch["index"].cpu(), "label": batch["label"].cpu(), "probs": probs.cpu()})
 
     def on_test_epoch_start(self) -> None:
         self.test_outputs.clear()
 
     def on_test_epoch_end(self) -> None:
-        matrix = self.test_confusion.compute().cpu()
-        self.test_confusion.reset()
+        # Collectives first, on every rank: the synced confusion matrix and the log folder (trainer.log_dir
+        # broadcasts rank 0's); only then the rank-zero-only plot.
+        matrix = self.test_metrics.confusion_matrix().cpu()
+        out_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        self._log_scores("test", self.test_metrics)
         datamodule = getattr(self.trainer, "datamodule", None)
         names = getattr(datamodule, "class_names", None) if datamodule is not None else None
         if self.trainer.is_global_zero:
-            log_confusion_matrix(self.trainer, matrix, names)
+            log_confusion_matrix(self.trainer, matrix, names, out_dir=out_dir)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"index": batch["index"], "probs": self.predict_proba(batch["audio"])}

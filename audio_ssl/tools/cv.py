@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = run_cv(args.config, folds=args.folds, name=args.name, out=args.out, overrides=overrides,
                      wandb=not args.no_wandb, analyze=not args.no_analysis, examples=args.examples)
     from audio_ssl.evaluation.summary import results_table
+    from audio_ssl.utils.distributed import is_rank_zero
+
+    if not is_rank_zero():  # DDP: the other ranks ran the same folds; rank 0 reports
+        return
 
     print()
     print(results_table([summary]))

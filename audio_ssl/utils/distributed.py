@@ -15,11 +15,15 @@ the graph; :func:`all_gather_no_grad` uses it on purpose for metrics and evaluat
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
-__all__ = ["is_dist", "world_size", "rank", "gather_with_grad", "all_gather_no_grad"]
+__all__ = ["is_dist", "world_size", "rank", "gather_with_grad", "all_gather_no_grad", "process_rank", "is_rank_zero",
+           "barrier", "all_gather_objects", "broadcast_from_rank_zero"]
 
 
 def is_dist() -> bool:
@@ -63,3 +67,53 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(out, x)
     return torch.cat(out, dim=0)
+
+
+# ---------------------------------------------------------------------------------------------- rank-safe side effects
+def process_rank() -> int:
+    """Global rank of this process, also before the process group exists.
+
+    Lightning's ``ddp`` strategy starts the other ranks as copies of the command with ``RANK``/``LOCAL_RANK``
+    (and ``NODE_RANK``) in their environment; code that runs before the first ``Trainer`` call (e.g. the CV
+    runner writing its run file) must already know it is not rank 0.
+    """
+    if is_dist():
+        return dist.get_rank()
+    for key in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    local = os.environ.get("LOCAL_RANK", "")
+    if local.isdigit():
+        node = int(os.environ.get("NODE_RANK", "0") or 0)
+        devices = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # unknown: still nonzero on node > 0
+        return int(local) + node * max(devices, 1)
+    return 0
+
+
+def is_rank_zero() -> bool:
+    """Whether this process writes shared files (the only process when not distributed)."""
+    return process_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every process of the default group (no-op when not distributed)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable, any size per rank), indexed by rank; ``[obj]`` when not distributed."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_from_rank_zero(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (other ranks pass anything, e.g. ``None``); ``obj`` when not distributed."""
+    if world_size() == 1:
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -209,3 +209,31 @@ def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, mon
     untrained, trained = stage.untrained.state_dict(), stage.cli.model.state_dict()
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in untrained.items())
     assert not torch.equal(untrained["encoder.stem.0.weight"], trained["encoder.stem.0.weight"])
+
+
+def _probe_worker(rank: int, world: int, model, dm, cache: str) -> dict:
+    """Every rank calls probe_fold, as the pretrain_probe pipeline does after distributed pretraining."""
+    calls = []
+    original = type(model).embed
+    type(model).embed = lambda self, audio: (calls.append(1), original(self, audio))[1]
+    train_set, test_set = dm.split([2, 3, 4, 5], random_crop=False), dm.split([1], random_crop=False)
+    config = P.ProbeConfig(C=[0.1, 1.0], max_iter=200, device="cpu")
+    output = P.probe_fold(model, train_set, test_set, 5, dm.class_names, config, P.fold_groups(dm, train_set),
+                          Path(cache), tag="ddp")
+    return {"metrics": output.metrics, "predictions": output.predictions, "embed_calls": len(calls)}
+
+
+@pytest.mark.ddp
+def test_probe_under_two_ranks_equals_one_process_and_writes_the_cache_once(tiny_model_and_data, tmp_path):
+    from ddp_utils import run_distributed
+
+    model, dm = tiny_model_and_data
+    train_set, test_set = dm.split([2, 3, 4, 5], random_crop=False), dm.split([1], random_crop=False)
+    config = P.ProbeConfig(C=[0.1, 1.0], max_iter=200, device="cpu")
+    single = P.probe_fold(model, train_set, test_set, 5, dm.class_names, config, P.fold_groups(dm, train_set))
+    results = run_distributed(_probe_worker, world_size=2, args=(model, dm, str(tmp_path)), timeout_s=120)
+    for result in results:
+        assert result["metrics"] == single.metrics
+        np.testing.assert_allclose(result["predictions"]["top1_prob"], single.predictions["top1_prob"], rtol=1e-6)
+    assert [r["embed_calls"] for r in results][1] == 0  # rank 1 waits for rank 0's result
+    assert len(list(tmp_path.glob("ddp-*.npz"))) == 1 and not list(tmp_path.glob("*tmp*"))
