@@ -10,7 +10,8 @@ folder holding another run is refused. ``validate``/``test``/``predict`` need ``
 
 Project tools (own argument parsers): ``demo`` (synthetic data, end to end), ``cv`` (k-fold cross-validation),
 ``results`` (Markdown table of CV summaries), ``probe`` (linear probe on a checkpoint), ``classify`` (any audio
-files), ``make-beats-checkpoint``. ``audio-ssl --help`` lists both groups, ``audio-ssl --version`` the version.
+files), ``make-beats-checkpoint``, ``cache`` (list/clean the waveform caches). ``audio-ssl --help`` lists both
+groups, ``audio-ssl --version`` the version.
 
 Runs describe themselves: every checkpoint stores the data, class names, folds and the resolved model config
 (:meth:`audio_ssl.methods.base.BaseMethod.checkpoint_metadata`); the W&B run gets the fully resolved config, and
@@ -68,6 +69,7 @@ TOOLS = {
     "cv": "audio_ssl.tools.cv",
     "results": "audio_ssl.tools.results",
     "probe": "audio_ssl.evaluation.probe",
+    "cache": "audio_ssl.tools.cache",
 }
 
 TOOL_HELP = {
@@ -77,6 +79,7 @@ TOOL_HELP = {
     "probe": "linear probe of a checkpoint's encoder on one fold",
     "classify": "class predictions for audio files and folders with a checkpoint",
     "make-beats-checkpoint": "write a small random BEATs checkpoint in the official format",
+    "cache": "list the waveform caches (cache list) or delete unused/damaged ones (cache clean)",
 }
 
 

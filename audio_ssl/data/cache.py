@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -457,3 +458,131 @@ class CacheGroup:
 
     def segment(self, i: int, start: int, length: int) -> np.ndarray:
         return self.caches[self._owner[i]].segment(int(self._local[i]), start, length)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Listing and cleaning a cache folder (``audio-ssl cache list`` / ``cache clean``).
+
+TEMP_GRACE_SECONDS = 3600
+"""A temporary file, or an array without its index, younger than this may be a build in progress: never stale."""
+
+
+class CacheEntry(NamedTuple):
+    """One cache (or leftover) in a cache folder, as :func:`list_caches` finds it."""
+
+    stem: str
+    """``<name>-<sr>hz-<key>`` (a temporary file: its own name)."""
+    paths: tuple[Path, ...]
+    """Its files on disk."""
+    status: str
+    """``ok``, ``damaged``, ``old version``, ``incomplete`` (array or index alone), ``temporary`` (a leftover of an
+    interrupted write) or ``in progress`` (an array or temporary file younger than :data:`TEMP_GRACE_SECONDS`)."""
+    reason: str
+    """Why it is not ``ok`` (empty when it is)."""
+    sample_rate: int | None
+    clips: int | None
+    skipped: int | None
+    nbytes: int
+    """Bytes on disk of all its files."""
+    last_used: float
+    """Seconds since the epoch: the index's modification time (updated whenever the cache is opened), else the
+    newest file's."""
+
+    @property
+    def stale(self) -> bool:
+        """Whether ``cache clean --stale`` removes it."""
+        return self.status in ("damaged", "old version", "incomplete", "temporary")
+
+
+def list_caches(cache_dir: str | os.PathLike | None = None, checksum: bool = False, now: float | None = None
+                ) -> list[CacheEntry]:
+    """Every waveform cache and leftover in ``cache_dir`` (default :func:`default_cache_dir`), by name.
+
+    Each cache is checked with :func:`verify_cache` (sizes and headers; the SHA-256 too with ``checksum``).
+    Subfolders (e.g. ``features/`` of the baselines) are not looked into. A missing folder lists nothing.
+    """
+    import time
+
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    now = time.time() if now is None else now
+    if not cache_dir.is_dir():
+        return []
+    stems: dict[str, dict[str, Path]] = {}
+    temporaries = []
+    for path in cache_dir.iterdir():
+        if not path.is_file():
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            temporaries.append(path)
+        elif path.name.endswith(ARRAY_SUFFIX):
+            stems.setdefault(path.name[: -len(ARRAY_SUFFIX)], {})["array"] = path
+        elif path.name.endswith(INDEX_SUFFIX):
+            stems.setdefault(path.name[: -len(INDEX_SUFFIX)], {})["index"] = path
+    entries = []
+    for stem, found in stems.items():
+        paths = tuple(found[k] for k in ("array", "index") if k in found)
+        stats = [p.stat() for p in paths]
+        nbytes = sum(st.st_size for st in stats)
+        last_used = found["index"].stat().st_mtime if "index" in found else max(st.st_mtime for st in stats)
+        rate = clips = skipped = None
+        if len(found) < 2:
+            young = now - last_used < TEMP_GRACE_SECONDS and "array" in found
+            status = "in progress" if young else "incomplete"
+            reason = f"{'index' if 'array' in found else 'array'} missing"
+        else:
+            try:
+                index = verify_cache(found["array"], found["index"], checksum=checksum)
+                status, reason = "ok", ""
+                rate, clips, skipped = int(index["sample_rate"]), len(index["files"]), len(index.get("skipped", {}))
+            except CacheDamagedError as err:
+                old = "cache version" in str(err)
+                status, reason = ("old version" if old else "damaged"), str(err)
+        entries.append(CacheEntry(stem, paths, status, reason, rate, clips, skipped, nbytes, last_used))
+    for path in temporaries:
+        st = path.stat()
+        young = now - st.st_mtime < TEMP_GRACE_SECONDS
+        entries.append(CacheEntry(path.name, (path,), "in progress" if young else "temporary",
+                                  "an interrupted write left it" if not young else "being written", None, None,
+                                  None, st.st_size, st.st_mtime))
+    return sorted(entries, key=lambda e: e.stem)
+
+
+def clean_caches(cache_dir: str | os.PathLike | None = None, unused_days: float | None = None, stale: bool = False,
+                 everything: bool = False, dry_run: bool = False, now: float | None = None) -> list[CacheEntry]:
+    """Delete caches from ``cache_dir`` and return the ones deleted (or, with ``dry_run``, that would be).
+
+    Args:
+        unused_days: delete caches not opened for this many days (index modification time).
+        stale: delete damaged, incomplete and old-version caches and leftovers of interrupted writes (never
+            anything younger than :data:`TEMP_GRACE_SECONDS`, which may be a build in progress).
+        everything: delete every cache (builds in progress excepted).
+        dry_run: delete nothing.
+
+    Raises:
+        ValueError: none of ``unused_days``, ``stale``, ``everything`` given, or ``unused_days < 0``.
+        OSError: a file that cannot be deleted (read-only folder), naming it.
+    """
+    import time
+
+    if unused_days is None and not stale and not everything:
+        raise ValueError("say what to clean: unused_days, stale or everything")
+    if unused_days is not None and not unused_days >= 0:
+        raise ValueError(f"unused_days must be >= 0, got {unused_days!r}")
+    now = time.time() if now is None else now
+    chosen = []
+    for entry in list_caches(cache_dir, now=now):
+        if entry.status == "in progress":
+            continue
+        unused = unused_days is not None and now - entry.last_used > unused_days * 86400
+        if everything or (stale and entry.stale) or unused:
+            chosen.append(entry)
+    if not dry_run:
+        for entry in chosen:
+            # the index first: a cache without its index is never opened as complete
+            for path in sorted(entry.paths, key=lambda p: not p.name.endswith(INDEX_SUFFIX)):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as err:
+                    raise OSError(err.errno, f"cannot delete {path}: {err.strerror}") from err
+            log.info("deleted waveform cache %s (%s)", entry.stem, entry.status)
+    return chosen

@@ -81,7 +81,7 @@ class ClipDataset(Dataset):
             raise FloatingPointError(
                 f"{self.files[i]}: {bad} non-finite sample(s) read from the waveform cache in "
                 f"{getattr(self.cache, 'directory', '?')}: the cache is damaged; delete its files for this "
-                "dataset to rebuild them (audio-ssl cache list / cache clean --damaged)")
+                "dataset to rebuild them (audio-ssl cache list; audio-ssl cache clean --stale)")
         segment = torch.from_numpy(view)
         if write == 0 and len(segment) == self.clip_samples:
             audio = segment.clone()
