@@ -12,6 +12,7 @@ import glob
 from pathlib import Path
 
 from audio_ssl.evaluation.summary import load_summaries, results_table
+from audio_ssl.utils.io import atomic_write
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,5 +29,5 @@ def main(argv: list[str] | None = None) -> None:
     table = results_table(summaries, metric=args.metric)
     print(table, end="")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table)
+        with atomic_write(args.out, "w") as fh:
+            fh.write(table)
