@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-from pathlib import Path
 
 from audio_ssl.evaluation.summary import load_summaries, results_table
 from audio_ssl.utils.io import atomic_write
