@@ -10,7 +10,8 @@ sample-data chunk is cut short (libsndfile quietly shortens such files to the by
 decodes to fewer frames than its header promises, NaN/Inf samples in float files, empty files and
 out-of-range sample rates are all reported. A header that does not know the length (a FLAC whose
 STREAMINFO total is 0, as streaming encoders write it; libsndfile then reports 2**63 - 1 frames) is not an
-error: the file is read block by block to its end, whatever the header claims.
+error: every file is read block by block to its end, whatever the header claims, and a header that
+claims more frames than the file holds is reported as truncation.
 
 Resampling (:func:`resample`) uses libsoxr (python-soxr, the resampler librosa uses) at its ``VHQ``
 setting: a polyphase filter bank whose size depends on the quality setting, not on the rate pair, so time
@@ -56,7 +57,7 @@ UNKNOWN_FRAMES = -1
 """:attr:`AudioInfo.frames` of a file whose header does not record its length."""
 
 _SF_COUNT_MAX = 2**63 - 1  # libsndfile's frame count for "unknown length"
-_READ_BLOCK = 1 << 18  # frames per read when the header does not know the length
+_READ_BLOCK = 1 << 20  # frames per read (4 MB per channel)
 
 # libsndfile's frame counts for MP3 are estimates (encoder delay and padding), so a short read there is
 # not evidence of truncation; every other format it reads records an exact count.
@@ -206,7 +207,7 @@ def _decode(path: Path, sample_rate: int, mono: bool, min_seconds: float) -> np.
         )
 
     try:
-        data = _read_all(path, unknown_length)
+        data = _read_all(path)
     except (sf.SoundFileError, sf.LibsndfileError, RuntimeError) as err:
         raise AudioDecodeError(path, f"corrupt audio data, decoding failed ({err})") from err
     if data.shape[0] == 0:
@@ -241,18 +242,16 @@ def _length_unknown(info) -> bool:
     return int(info.frames) >= _SF_COUNT_MAX
 
 
-def _read_all(path: Path, unknown_length: bool) -> np.ndarray:
-    """Every frame of ``path`` as float32 ``[T, C]``.
+def _read_all(path: Path) -> np.ndarray:
+    """Every frame ``path`` holds, as float32 ``[T, C]``, whatever its header claims.
 
-    When the header does not know ``T``, ``sf.read`` would allocate the 2**63 - 1 frames libsndfile then
-    reports, and ``SoundFile.read`` in blocks fails on the last block (after each read it seeks to the new
-    position, which libsndfile refuses at the end of such a stream, and the frames of that read are lost).
-    So the blocks are read with libsndfile's own ``sf_readf_float`` through soundfile's cffi handle, which
-    returns the number of frames read and 0 at the end of the data.
+    ``sf.read`` allocates the frame count of the header up front (2**63 - 1 for a FLAC of unknown length:
+    "array is too big"), and ``SoundFile.read`` seeks to its new position after every read, which libsndfile
+    refuses at the end of a stream that is shorter than its header says (the frames of that read are then
+    lost behind "Internal psf_fseek() failed"). So the file is read in blocks of :data:`_READ_BLOCK` frames
+    with libsndfile's own ``sf_readf_float`` through soundfile's cffi handle, which returns the number of
+    frames read and 0 at the end of the data: memory follows what the file holds, not what it claims.
     """
-    if not unknown_length:
-        data, _ = sf.read(str(path), dtype="float32", always_2d=True)
-        return data
     blocks = []
     with sf.SoundFile(str(path)) as f:
         channels = f.channels
@@ -264,7 +263,9 @@ def _read_all(path: Path, unknown_length: bool) -> np.ndarray:
                 raise RuntimeError(sf._ffi.string(sf._snd.sf_error_number(error)).decode("utf-8", "replace"))
             if got <= 0:
                 break
-            blocks.append(block[:got])
+            blocks.append(block[:got] if got < _READ_BLOCK else block)
+    if len(blocks) == 1:
+        return np.ascontiguousarray(blocks[0])
     return np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
 
 
