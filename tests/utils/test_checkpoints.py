@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from audio_ssl.utils.checkpoints import (
     RUN_FILE,
     AtomicModelCheckpoint,
-    CheckpointWriteError,
     CheckpointSettings,
+    CheckpointWriteError,
     LastCheckpoint,
     RunFolderError,
     check_run_folder,
