@@ -67,6 +67,7 @@ def _refused_reason(err: BaseException) -> str:
     message = str(err)
     match = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|Check the documentation|$)", message, re.S)
     reason = (match.group(1) if match else message.splitlines()[-1] if message else type(err).__name__).strip()
+    reason = re.split(r"\s+Please use|\s+You can use", reason)[0]  # torch's advice to allowlist it: not ours
     return " ".join(reason.split())[:300]
 
 
