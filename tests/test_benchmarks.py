@@ -24,7 +24,7 @@ from audio_ssl.models.resnet import AudioResNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import data_pipeline  # noqa: E402
-import resample_worst_case  # noqa: E402, F401
+import resample_worst_case  # noqa: E402
 import train_step  # noqa: E402
 
 
@@ -206,8 +206,6 @@ def test_train_step_runs_end_to_end(tmp_path, restore_threads):
 def test_resample_worst_case_benchmark_measures_both_paths():
     """The co-prime pair that made the old path allocate gigabytes is measured (the new path under a 512 MB cap);
     the old path on a cheap pair shows the harness measures it too."""
-    import resample_worst_case
-
     new = resample_worst_case.measure("new", 16001, 16000, seconds=0.25, mem_cap_gb=0.5)
     assert new["ok"] and new["extra_mb"] < 100, new
     old = resample_worst_case.measure("old", 16000, 44100, seconds=0.05)
