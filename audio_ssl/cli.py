@@ -10,7 +10,8 @@ folder holding another run is refused. ``validate``/``test``/``predict`` need ``
 
 Project tools (own argument parsers): ``demo`` (synthetic data, end to end), ``cv`` (k-fold cross-validation),
 ``results`` (Markdown table of CV summaries), ``probe`` (linear probe on a checkpoint), ``classify`` (any audio
-files), ``make-beats-checkpoint``. ``audio-ssl --help`` lists both groups, ``audio-ssl --version`` the version.
+files), ``make-beats-checkpoint``, ``cache`` (list/clean the waveform caches). ``audio-ssl --help`` lists both
+groups, ``audio-ssl --version`` the version.
 
 Runs describe themselves: every checkpoint stores the data, class names, folds and the resolved model config
 (:meth:`audio_ssl.methods.base.BaseMethod.checkpoint_metadata`); the W&B run gets the fully resolved config, and
@@ -19,6 +20,7 @@ a resumed run or a later ``test`` continues the same W&B run and CSV version (:m
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 import warnings
@@ -29,7 +31,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from audio_ssl.data.base import FoldAudioDataModule
 from audio_ssl.methods.base import BaseMethod
-from audio_ssl.utils.checkpoints import CheckpointSettings, RunFolderError, run_identity
+from audio_ssl.utils.checkpoints import CheckpointSettings, CheckpointWriteError, RunFolderError, run_identity
 from audio_ssl.utils.provenance import to_plain
 
 
@@ -68,6 +70,7 @@ TOOLS = {
     "cv": "audio_ssl.tools.cv",
     "results": "audio_ssl.tools.results",
     "probe": "audio_ssl.evaluation.probe",
+    "cache": "audio_ssl.tools.cache",
 }
 
 TOOL_HELP = {
@@ -77,6 +80,7 @@ TOOL_HELP = {
     "probe": "linear probe of a checkpoint's encoder on one fold",
     "classify": "class predictions for audio files and folders with a checkpoint",
     "make-beats-checkpoint": "write a small random BEATs checkpoint in the official format",
+    "cache": "list the waveform caches (cache list) or delete unused/damaged ones (cache clean)",
 }
 
 
@@ -191,6 +195,11 @@ class AudioSSLCLI(LightningCLI):
         loggers = config.get("trainer.logger")
         loggers = _without_wandb_if_missing(loggers)
         run_dir = self._run_dir(config)
+        if self.subcommand == "fit" and "checkpoint" in config and config.get("checkpoint.dirpath"):
+            from audio_ssl.utils.run_logging import check_writable_folder, is_rank_zero
+
+            if is_rank_zero():
+                check_writable_folder(config["checkpoint.dirpath"], "the run's checkpoints")
         if self.subcommand is None:  # built for a program (cv, probe): it resumes from last.ckpt if there is one
             resume = (run_dir / "checkpoints" / "last.ckpt").exists() or bool(
                 config.get("checkpoint.dirpath") and (Path(config["checkpoint.dirpath"]) / "last.ckpt").exists())
@@ -258,8 +267,21 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AudioSSLCLI:
     )
 
 
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES})
+"""Write errors reported by :func:`main` in one line (full disk, read-only file system, quota, permissions)."""
+
+
+def _quiet_after_fatal_error() -> None:
+    """After a fatal disk error, the one useful line is ours: silence the asyncio 'socket.send() raised exception'
+    warnings that W&B's service connection repeats while the process shuts down."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> None:
     from audio_ssl.data.paths import DatasetNotFoundError
+    from audio_ssl.utils.run_logging import UnwritableFolderError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -281,9 +303,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     try:
         build_cli(argv)
-    except (DatasetNotFoundError, UntrainedWeightsError, RunFolderError) as err:
+    except (DatasetNotFoundError, UntrainedWeightsError, RunFolderError, UnwritableFolderError) as err:
         sys.stderr.write(f"audio-ssl: error: {err}\n")
         raise SystemExit(2) from None
+    except OSError as err:
+        if not isinstance(err, CheckpointWriteError) and err.errno not in DISK_ERRNOS:
+            raise
+        _quiet_after_fatal_error()
+        sys.stderr.write(f"audio-ssl: error: {err.strerror if isinstance(err, CheckpointWriteError) else err}\n")
+        raise SystemExit(1) from None
     except Exception as err:
         if not getattr(err, "audio_ssl_config_error", False):
             raise

@@ -24,6 +24,7 @@ from audio_ssl.models.resnet import AudioResNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import data_pipeline  # noqa: E402
+import resample_worst_case  # noqa: E402
 import train_step  # noqa: E402
 
 
@@ -200,3 +201,14 @@ def test_train_step_runs_end_to_end(tmp_path, restore_threads):
     assert result["ratio"] == pytest.approx(result["lightning_median"] / result["plain_median"])
     assert len(result["lightning_samples_per_cpu_s"]) == 2 and result["cpu_ratio"] > 0
     assert result["clip_samples"] == 8000 and result["batch_size"] == 2
+
+
+def test_resample_worst_case_benchmark_measures_both_paths():
+    """The co-prime pair that made the old path allocate gigabytes is measured (the new path under a 512 MB cap);
+    the old path on a cheap pair shows the harness measures it too."""
+    new = resample_worst_case.measure("new", 16001, 16000, seconds=0.25, mem_cap_gb=0.5)
+    assert new["ok"] and new["extra_mb"] < 100, new
+    old = resample_worst_case.measure("old", 16000, 44100, seconds=0.05)
+    assert old["ok"] and old["seconds"] > 0, old
+    summary = resample_worst_case.worst([new, old], "new")
+    assert summary["slowest"] is new and summary["failed"] == []

@@ -13,6 +13,19 @@ so a changed file list or parameter builds a new cache while every run over the 
 (a listed file that does not exist enters the key as missing, so the cache is rebuilt once it appears).
 Both files are written to temporary names and renamed into place (the index last), so a crashed build
 never leaves a cache that looks complete. Workers open the array memory-mapped.
+
+Values the cache cannot hold are errors: a clip whose samples overflow float16 (a float WAV with a peak
+above 65504) is a bad file like any other (:class:`AudioDecodeError` naming it; skipped with
+``skip_bad_files``), never ``inf`` in the cache.
+
+A cache is verified whenever it is opened (:meth:`WaveformCache.build`): the index must parse and agree
+with itself, the array header must be a 1-D float16 ``.npy`` of exactly the indexed length, the file size
+must match the header, and the SHA-256 of the array file must equal the one recorded in the index (about
+1.7 s per GB). A damaged cache is named in a warning, deleted and rebuilt from the audio; when it cannot be
+deleted (a read-only shared folder) :class:`CacheDamagedError` names it. The data loaders also refuse a
+non-finite sample (:class:`~audio_ssl.data.datasets.ClipDataset`), so no NaN/Inf reaches a model from
+the data path. Files are created with the umask's permissions (shareable); opening a cache marks it used
+(the index's modification time), which ``audio-ssl cache list`` / ``cache clean`` read.
 """
 
 from __future__ import annotations
@@ -23,7 +36,9 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,7 +49,12 @@ from audio_ssl.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""Version of the cache layout (2: the index records the array's size and SHA-256)."""
+ARRAY_SUFFIX = ".f16.npy"
+INDEX_SUFFIX = ".json"
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+"""65504: the largest finite float16, so the largest sample magnitude the cache holds."""
 MISSING_REASON = "file listed in the metadata does not exist"
 PREVIEW = 5
 """How many names an error or warning about many files spells out before 'and N more'."""
@@ -72,12 +92,106 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+class CacheDamagedError(RuntimeError):
+    """A waveform cache on disk that fails verification and cannot be rebuilt here; the message names it."""
+
+
+def to_cache_dtype(path: str | os.PathLike, wave: np.ndarray) -> np.ndarray:
+    """``wave`` as float16 for the cache; :class:`AudioDecodeError` naming ``path`` when a sample would not
+    survive the conversion (magnitude above :data:`FLOAT16_MAX`: it would become ``inf``)."""
+    with np.errstate(over="ignore"):
+        stored = wave.astype(np.float16)
+    if not np.isfinite(stored).all():
+        overflow = int(stored.size - np.count_nonzero(np.isfinite(stored)))
+        peak = float(np.abs(wave).max())
+        raise AudioDecodeError(
+            path,
+            f"sample values do not fit the float16 waveform cache: peak magnitude {peak:.6g} (after mixing and "
+            f"resampling), {overflow} sample(s) above {FLOAT16_MAX:g}; audio is expected near full scale 1.0, "
+            "so rescale the file (e.g. normalise its peak)",
+        )
+    return stored
+
+
 def _decode_one(args: tuple[str, int]) -> tuple[str, np.ndarray | None, str | None]:
     path, sample_rate = args
     try:
-        return path, decode_audio(path, sample_rate, mono=True).astype(np.float16), None
+        return path, to_cache_dtype(path, decode_audio(path, sample_rate, mono=True)), None
     except AudioDecodeError as err:
         return path, None, str(err)
+    except Exception as err:  # noqa: BLE001 - anything else is still this file's failure, reported with its name
+        return path, None, str(AudioDecodeError(path, f"decoding failed ({type(err).__name__}: {err})"))
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_cache(data_path: str | os.PathLike, index_path: str | os.PathLike, checksum: bool = True) -> dict:
+    """Check a cache on disk and return its index; raise :class:`CacheDamagedError` saying what is wrong.
+
+    Checks: the index parses as a version-:data:`CACHE_VERSION` object whose ``files``/``offsets``/``lengths``
+    agree (contiguous offsets, non-negative lengths); the array file has a valid ``.npy`` header for a 1-D
+    little-endian float16 array of ``sum(lengths)`` samples; the file size is header + 2 bytes per sample;
+    with ``checksum``, the SHA-256 of the array file equals the index's ``sha256``.
+    """
+    data_path, index_path = Path(data_path), Path(index_path)
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CacheDamagedError(f"{index_path}: the cache index cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(index, dict):
+        raise CacheDamagedError(f"{index_path}: the cache index is not a JSON object")
+    if index.get("version") != CACHE_VERSION:
+        raise CacheDamagedError(f"{index_path}: cache version {index.get('version')!r}, expected {CACHE_VERSION}")
+    try:
+        files, offsets, lengths = index["files"], index["offsets"], index["lengths"]
+        total, digest = int(index["samples"]), str(index["sha256"])
+        int(index["sample_rate"])
+        lengths_arr = np.asarray(lengths, dtype=np.int64)
+        offsets_arr = np.asarray(offsets, dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CacheDamagedError(f"{index_path}: the cache index lacks or garbles a field ({err!r})") from err
+    expected = np.concatenate([[0], np.cumsum(lengths_arr)[:-1]]) if len(lengths_arr) else lengths_arr
+    if not (len(files) == len(offsets_arr) == len(lengths_arr)) or (lengths_arr < 0).any() \
+            or not np.array_equal(offsets_arr, expected) or int(lengths_arr.sum()) != total:
+        raise CacheDamagedError(f"{index_path}: the cache index is inconsistent ({len(files)} files, "
+                                f"{len(offsets_arr)} offsets, {len(lengths_arr)} lengths, {total} samples)")
+    try:
+        with open(data_path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in readers:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, fortran, dtype = readers[version](fh)
+            header_end = fh.tell()
+        size = data_path.stat().st_size
+    except (OSError, ValueError, SyntaxError) as err:
+        raise CacheDamagedError(f"{data_path}: the cache array header is unreadable ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    if dtype != np.dtype("<f2") or fortran or shape != (total,):
+        raise CacheDamagedError(f"{data_path}: the cache array holds {dtype} {shape}, the index expects "
+                                f"float16 ({total},)")
+    if size != header_end + 2 * total:
+        raise CacheDamagedError(f"{data_path}: the cache array file has {size} bytes, expected "
+                                f"{header_end + 2 * total} (truncated or padded)")
+    if checksum and _sha256(data_path) != digest:
+        raise CacheDamagedError(f"{data_path}: the cache array's SHA-256 differs from the one in {index_path.name} "
+                                "(its contents were changed after it was written)")
+    return index
+
+
+def _mark_used(index_path: Path) -> None:
+    """Record a use of the cache (the index's modification time), for ``audio-ssl cache clean --unused-days``;
+    silently nothing in a read-only folder."""
+    try:
+        os.utime(index_path)
+    except OSError:
+        pass
 
 
 class WaveformCache:
@@ -112,10 +226,23 @@ class WaveformCache:
 
     @property
     def array(self) -> np.ndarray:
+        """The memory-mapped float16 array; :class:`CacheDamagedError` naming the file when it cannot be
+        mapped (e.g. truncated after the cache was opened)."""
         if self._array is None:
             # Copy-on-write mapping: torch.from_numpy accepts it without a read-only warning, and the
             # file itself is never written.
-            self._array = np.load(self.data_path, mmap_mode="c")
+            try:
+                array = np.load(self.data_path, mmap_mode="c")
+            except (OSError, ValueError) as err:
+                raise CacheDamagedError(
+                    f"{self.data_path}: the waveform cache array cannot be mapped ({type(err).__name__}: {err}); "
+                    "it was damaged after it was verified: delete it and its .json index to rebuild it"
+                ) from err
+            expected = int(self.offsets[-1] + self.lengths[-1]) if len(self.offsets) else 0
+            if array.dtype != np.float16 or array.shape != (expected,):
+                raise CacheDamagedError(f"{self.data_path}: the waveform cache array holds {array.dtype} "
+                                        f"{array.shape}, its index expects float16 ({expected},)")
+            self._array = array
         return self._array
 
     def position(self, file: str | os.PathLike) -> int:
@@ -164,7 +291,16 @@ class WaveformCache:
         A bad file is one that does not exist or fails to decode. With ``skip_bad_files`` bad files are
         left out (listed in :attr:`skipped` with the reason; a warning gives their count and the first
         names); otherwise missing files raise :class:`AudioDecodeError` with their count and the first
-        names before anything is decoded, and the first file that fails to decode raises.
+        names before anything is decoded, and the first file that fails to decode raises. A file whose samples
+        overflow float16 is a bad file (see :func:`to_cache_dtype`).
+
+        An existing cache is verified first (:func:`verify_cache`, SHA-256 included); a damaged one is logged,
+        deleted and rebuilt.
+
+        Raises:
+            AudioDecodeError: bad files without ``skip_bad_files`` (named, with the reason).
+            CacheDamagedError: a damaged cache that cannot be deleted (read-only folder).
+            OSError: the cache folder cannot be written (e.g. full disk), with the path.
         """
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
@@ -178,10 +314,22 @@ class WaveformCache:
         data_path, index_path = cls.paths(files, sample_rate, cache_dir, name)
         cache_dir = data_path.parent
         if index_path.exists() and data_path.exists():
-            index = json.loads(index_path.read_text())
-            cache = cls(data_path, index)
-            cache._report_skipped(skip_bad_files)
-            return cache
+            try:
+                index = verify_cache(data_path, index_path)
+            except CacheDamagedError as err:
+                log.warning("waveform cache damaged, rebuilding it: %s", err)
+                for damaged in (index_path, data_path):
+                    try:
+                        damaged.unlink(missing_ok=True)
+                    except OSError as unlink_err:
+                        raise CacheDamagedError(
+                            f"{err}; it cannot be deleted for a rebuild ({unlink_err}): delete {data_path} and "
+                            f"{index_path} by hand, or pass another cache_dir") from unlink_err
+            else:
+                _mark_used(index_path)
+                cache = cls(data_path, index)
+                cache._report_skipped(skip_bad_files)
+                return cache
 
         cache_dir.mkdir(parents=True, exist_ok=True)
         workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
@@ -191,11 +339,20 @@ class WaveformCache:
         jobs = [(f, sample_rate) for f in files if f not in absent]
         bar = tqdm(total=len(jobs), desc=f"decoding {name} at {sample_rate} Hz", unit="file", disable=not progress)
         if workers > 1:
-            with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
-                results = pool.map(_decode_one, jobs, chunksize=16)
-                for path, wave, err in results:
-                    cls._collect(path, wave, err, clips, skipped, skip_bad_files)
-                    bar.update()
+            done: set[str] = set()
+            try:
+                with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+                    results = pool.map(_decode_one, jobs, chunksize=16)
+                    for path, wave, err in results:
+                        cls._collect(path, wave, err, clips, skipped, skip_bad_files)
+                        done.add(path)
+                        bar.update()
+            except BrokenProcessPool as err:
+                pending = [f for f, _ in jobs if f not in done]
+                raise AudioDecodeError(
+                    f"a decoding worker died (killed by the system, most often for memory) while decoding one of "
+                    f"{len(pending)} file(s): {preview_names(pending)}; rebuild with num_workers=1 (the data "
+                    "module's num_workers=0) to see which file it is") from err
         else:
             for job in jobs:
                 cls._collect(*_decode_one(job), clips, skipped, skip_bad_files)
@@ -206,16 +363,18 @@ class WaveformCache:
         lengths = np.array([len(clips[f]) for f in kept], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if kept else lengths
         flat = np.concatenate([clips[f] for f in kept]) if kept else np.zeros(0, np.float16)
+        with atomic_write(data_path) as fh:
+            np.save(fh, flat)
         index = {
             "version": CACHE_VERSION,
             "sample_rate": sample_rate,
             "files": kept,
             "offsets": offsets.tolist(),
             "lengths": lengths.tolist(),
+            "samples": int(lengths.sum()),
+            "sha256": _sha256(data_path),
             "skipped": skipped,
         }
-        with atomic_write(data_path) as fh:
-            np.save(fh, flat)
         with atomic_write(index_path, "w") as fh:
             fh.write(json.dumps(index))
         cache = cls(data_path, index)
@@ -299,3 +458,131 @@ class CacheGroup:
 
     def segment(self, i: int, start: int, length: int) -> np.ndarray:
         return self.caches[self._owner[i]].segment(int(self._local[i]), start, length)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Listing and cleaning a cache folder (``audio-ssl cache list`` / ``cache clean``).
+
+TEMP_GRACE_SECONDS = 3600
+"""A temporary file, or an array without its index, younger than this may be a build in progress: never stale."""
+
+
+class CacheEntry(NamedTuple):
+    """One cache (or leftover) in a cache folder, as :func:`list_caches` finds it."""
+
+    stem: str
+    """``<name>-<sr>hz-<key>`` (a temporary file: its own name)."""
+    paths: tuple[Path, ...]
+    """Its files on disk."""
+    status: str
+    """``ok``, ``damaged``, ``old version``, ``incomplete`` (array or index alone), ``temporary`` (a leftover of an
+    interrupted write) or ``in progress`` (an array or temporary file younger than :data:`TEMP_GRACE_SECONDS`)."""
+    reason: str
+    """Why it is not ``ok`` (empty when it is)."""
+    sample_rate: int | None
+    clips: int | None
+    skipped: int | None
+    nbytes: int
+    """Bytes on disk of all its files."""
+    last_used: float
+    """Seconds since the epoch: the index's modification time (updated whenever the cache is opened), else the
+    newest file's."""
+
+    @property
+    def stale(self) -> bool:
+        """Whether ``cache clean --stale`` removes it."""
+        return self.status in ("damaged", "old version", "incomplete", "temporary")
+
+
+def list_caches(cache_dir: str | os.PathLike | None = None, checksum: bool = False, now: float | None = None
+                ) -> list[CacheEntry]:
+    """Every waveform cache and leftover in ``cache_dir`` (default :func:`default_cache_dir`), by name.
+
+    Each cache is checked with :func:`verify_cache` (sizes and headers; the SHA-256 too with ``checksum``).
+    Subfolders (e.g. ``features/`` of the baselines) are not looked into. A missing folder lists nothing.
+    """
+    import time
+
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    now = time.time() if now is None else now
+    if not cache_dir.is_dir():
+        return []
+    stems: dict[str, dict[str, Path]] = {}
+    temporaries = []
+    for path in cache_dir.iterdir():
+        if not path.is_file():
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            temporaries.append(path)
+        elif path.name.endswith(ARRAY_SUFFIX):
+            stems.setdefault(path.name[: -len(ARRAY_SUFFIX)], {})["array"] = path
+        elif path.name.endswith(INDEX_SUFFIX):
+            stems.setdefault(path.name[: -len(INDEX_SUFFIX)], {})["index"] = path
+    entries = []
+    for stem, found in stems.items():
+        paths = tuple(found[k] for k in ("array", "index") if k in found)
+        stats = [p.stat() for p in paths]
+        nbytes = sum(st.st_size for st in stats)
+        last_used = found["index"].stat().st_mtime if "index" in found else max(st.st_mtime for st in stats)
+        rate = clips = skipped = None
+        if len(found) < 2:
+            young = now - last_used < TEMP_GRACE_SECONDS and "array" in found
+            status = "in progress" if young else "incomplete"
+            reason = f"{'index' if 'array' in found else 'array'} missing"
+        else:
+            try:
+                index = verify_cache(found["array"], found["index"], checksum=checksum)
+                status, reason = "ok", ""
+                rate, clips, skipped = int(index["sample_rate"]), len(index["files"]), len(index.get("skipped", {}))
+            except CacheDamagedError as err:
+                old = "cache version" in str(err)
+                status, reason = ("old version" if old else "damaged"), str(err)
+        entries.append(CacheEntry(stem, paths, status, reason, rate, clips, skipped, nbytes, last_used))
+    for path in temporaries:
+        st = path.stat()
+        young = now - st.st_mtime < TEMP_GRACE_SECONDS
+        entries.append(CacheEntry(path.name, (path,), "in progress" if young else "temporary",
+                                  "an interrupted write left it" if not young else "being written", None, None,
+                                  None, st.st_size, st.st_mtime))
+    return sorted(entries, key=lambda e: e.stem)
+
+
+def clean_caches(cache_dir: str | os.PathLike | None = None, unused_days: float | None = None, stale: bool = False,
+                 everything: bool = False, dry_run: bool = False, now: float | None = None) -> list[CacheEntry]:
+    """Delete caches from ``cache_dir`` and return the ones deleted (or, with ``dry_run``, that would be).
+
+    Args:
+        unused_days: delete caches not opened for this many days (index modification time).
+        stale: delete damaged, incomplete and old-version caches and leftovers of interrupted writes (never
+            anything younger than :data:`TEMP_GRACE_SECONDS`, which may be a build in progress).
+        everything: delete every cache (builds in progress excepted).
+        dry_run: delete nothing.
+
+    Raises:
+        ValueError: none of ``unused_days``, ``stale``, ``everything`` given, or ``unused_days < 0``.
+        OSError: a file that cannot be deleted (read-only folder), naming it.
+    """
+    import time
+
+    if unused_days is None and not stale and not everything:
+        raise ValueError("say what to clean: unused_days, stale or everything")
+    if unused_days is not None and not unused_days >= 0:
+        raise ValueError(f"unused_days must be >= 0, got {unused_days!r}")
+    now = time.time() if now is None else now
+    chosen = []
+    for entry in list_caches(cache_dir, now=now):
+        if entry.status == "in progress":
+            continue
+        unused = unused_days is not None and now - entry.last_used > unused_days * 86400
+        if everything or (stale and entry.stale) or unused:
+            chosen.append(entry)
+    if not dry_run:
+        for entry in chosen:
+            # the index first: a cache without its index is never opened as complete
+            for path in sorted(entry.paths, key=lambda p: not p.name.endswith(INDEX_SUFFIX)):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as err:
+                    raise OSError(err.errno, f"cannot delete {path}: {err.strerror}") from err
+            log.info("deleted waveform cache %s (%s)", entry.stem, entry.status)
+    return chosen

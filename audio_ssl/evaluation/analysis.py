@@ -34,6 +34,7 @@ from audio_ssl.evaluation.run_store import (  # noqa: E402
     read_summary,
     summary_path,
 )
+from audio_ssl.utils.io import atomic_write  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,22 @@ def clip_grid_figure(clips: pd.DataFrame, sample_rate: int, title: str, columns:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as fh:
+            fig.savefig(fh, dpi=110, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+def _write_csv(frame, path: Path, **kwargs) -> None:
+    with atomic_write(path, "w") as fh:
+        frame.to_csv(fh, **kwargs)
 
 
 def _markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
@@ -157,19 +171,19 @@ def analyze_variant(predictions: pd.DataFrame, class_names: list[str], sample_ra
         out_dir / "confusion_matrix.png")
     support = matrix.sum(axis=1)
     accuracy = pd.Series(np.diag(matrix) / np.maximum(support, 1), index=class_names)[support > 0]
-    accuracy.rename("accuracy").rename_axis("class").to_csv(out_dir / "per_class_accuracy.csv")
+    _write_csv(accuracy.rename("accuracy").rename_axis("class"), out_dir / "per_class_accuracy.csv")
     files["per_class_accuracy_table"] = out_dir / "per_class_accuracy.csv"
     files["per_class_accuracy"] = _save(per_class_accuracy_figure(accuracy, f"{title} per-class accuracy".strip()),
                                         out_dir / "per_class_accuracy.png")
     pairs = confused_pairs(predictions, class_names, top_pairs)
-    pairs.to_csv(out_dir / "confused_pairs.csv", index=False)
-    (out_dir / "confused_pairs.md").write_text(_markdown(pairs))
+    _write_csv(pairs, out_dir / "confused_pairs.csv", index=False)
+    _write_text(out_dir / "confused_pairs.md", _markdown(pairs))
     files["confused_pairs"] = out_dir / "confused_pairs.csv"
     columns = ["fold", "file", "label_name", "pred_name", "confidence"]
     low_correct, high_wrong = confidence_extremes(predictions, examples)
     for key, clips, label in (("least_confident_correct", low_correct, "least confident correct"),
                               ("most_confident_wrong", high_wrong, "most confident wrong")):
-        clips[[c for c in columns if c in clips]].to_csv(out_dir / f"{key}.csv", index=False)
+        _write_csv(clips[[c for c in columns if c in clips]], out_dir / f"{key}.csv", index=False)
         files[f"{key}_table"] = out_dir / f"{key}.csv"
         files[key] = _save(clip_grid_figure(clips, sample_rate, f"{title} {label}".strip()), out_dir / f"{key}.png")
     return files
@@ -199,7 +213,7 @@ def analyze_run(run_dir: str | os.PathLike, examples: int = 8, top_pairs: int = 
                    "\n### Most confused pairs\n", (out_root / variant / "confused_pairs.md").read_text(),
                    f"\n![least confident correct]({variant}/least_confident_correct.png)\n",
                    f"![most confident wrong]({variant}/most_confident_wrong.png)\n"]
-    (out_root / "README.md").write_text("".join(readme))
+    _write_text(out_root / "README.md", "".join(readme))
     return all_files
 
 

@@ -101,7 +101,9 @@ class BaseMethod(L.LightningModule):
     def load_encoder_weights(self, checkpoint: str) -> None:
         """Copy ``encoder.*`` weights from a Lightning checkpoint of another method (e.g. a SimCLR run) into
         ``self.encoder``; every encoder key must match. On resume, Lightning restores the checkpoint after this."""
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        from audio_ssl.utils.torch_files import load_weights_file
+
+        state = load_weights_file(checkpoint, map_location="cpu")
         load_prefixed_weights(self.encoder, state.get("state_dict", state), checkpoint)
 
     # ------------------------------------------------------------------ self-describing checkpoints

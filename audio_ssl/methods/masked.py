@@ -372,7 +372,9 @@ class MaskedTokenPrediction(BaseMethod):
         """Load the previous iteration's encoder weights (``encoder.*`` of a checkpoint of this method)."""
         if self.teacher_encoder is None:
             raise RuntimeError("load_teacher() needs iteration >= 2")
-        blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        from audio_ssl.utils.torch_files import load_weights_file
+
+        blob = load_weights_file(checkpoint, map_location="cpu")
         hparams = blob.get("hyper_parameters", {}) if isinstance(blob, dict) else {}
         teacher_iteration = hparams.get("iteration")
         if teacher_iteration is not None and teacher_iteration != self.iteration - 1:

@@ -121,11 +121,11 @@ class SupervisedClassifier(BaseMethod):
         # Collectives first, on every rank: the synced confusion matrix and the log folder (trainer.log_dir
         # broadcasts rank 0's); only then the rank-zero-only plot.
         matrix = self.test_metrics.confusion_matrix().cpu()
-        out_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        out_dir = self.trainer.log_dir  # None without a logger: no run folder to put the picture in
         self._log_scores("test", self.test_metrics)
         datamodule = getattr(self.trainer, "datamodule", None)
         names = getattr(datamodule, "class_names", None) if datamodule is not None else None
-        if self.trainer.is_global_zero:
+        if self.trainer.is_global_zero and out_dir is not None:
             log_confusion_matrix(self.trainer, matrix, names, out_dir=out_dir)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:

@@ -26,7 +26,6 @@ import dataclasses
 import logging
 import math
 import os
-import pickle
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from torch.utils.checkpoint import checkpoint
 from audio_ssl.features.fbank import BEATsFbank, reduce_padding_mask
 from audio_ssl.utils.download import download_file, sha256sum
 from audio_ssl.utils.io import atomic_write
+from audio_ssl.utils.torch_files import CheckpointFileError, load_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -660,17 +660,18 @@ def load_beats_checkpoint(
     ``~/.cache/audio-ssl/checkpoints``) and, with ``sha256``, verified (local files too). The file is read
     with ``torch.load(weights_only=True)``, so a pickle that would run code is refused. Weights must match
     the cfg exactly (strict). Returns the model in eval mode, with ``label_dict`` attached if present.
+
+    Raises:
+        BEATsCheckpointError: naming the file: not a PyTorch checkpoint at all (e.g. "it looks like an HTML page",
+            what an expired download link returns, or text with a byte-order mark), a pickle that would run code,
+            a damaged file, or weights that do not match the cfg.
+        FileNotFoundError: a local path that does not exist.
     """
     path = _resolve_source(source, cache_dir, sha256)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise BEATsCheckpointError(
-            f"refusing to load {path}: it is not a plain weights file and unpickling it would need to run "
-            f"code (torch.load(weights_only=True) said: {str(err).splitlines()[0]})"
-        ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise BEATsCheckpointError(f"cannot read BEATs checkpoint {path}: {err}") from err
+        ckpt = load_weights_file(path, map_location=map_location, what="BEATs checkpoint")
+    except CheckpointFileError as err:
+        raise BEATsCheckpointError(str(err)) from err
     if not isinstance(ckpt, Mapping) or "cfg" not in ckpt or "model" not in ckpt:
         found = sorted(map(str, ckpt.keys())) if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise BEATsCheckpointError(

@@ -391,17 +391,19 @@ class KMeansPatchTokenizer(nn.Module):
 
     # ------------------------------------------------------------------ standalone file
     def save(self, path: str | os.PathLike) -> None:
-        """Write config + codebook to ``path`` (a ``torch.save`` of a plain dict of tensors and python values)."""
-        torch.save(
-            {
-                "format": "audio_ssl.KMeansPatchTokenizer",
-                "version": 1,
-                "config": self.config(),
-                "centroids": self.centroids.detach().cpu().clone(),
-                "fitted": self.fitted.detach().cpu().clone(),
-            },
-            os.fspath(path),
-        )
+        """Write config + codebook to ``path`` (a ``torch.save`` of a plain dict of tensors and python values),
+        atomically (a temporary file renamed into place)."""
+        from audio_ssl.utils.io import atomic_write
+
+        blob = {
+            "format": "audio_ssl.KMeansPatchTokenizer",
+            "version": 1,
+            "config": self.config(),
+            "centroids": self.centroids.detach().cpu().clone(),
+            "fitted": self.fitted.detach().cpu().clone(),
+        }
+        with atomic_write(os.fspath(path)) as fh:
+            torch.save(blob, fh)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> KMeansPatchTokenizer:

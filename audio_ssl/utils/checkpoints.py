@@ -38,7 +38,54 @@ NON_IDENTITY_DATA_KEYS = frozenset({"data_dir", "cache_dir", "num_workers", "dow
 
 
 class RunFolderError(RuntimeError):
-    """A checkpoint folder that holds another run (or checkpoints a fresh run would mix with)."""
+    """A checkpoint folder that holds another run (or checkpoints a fresh run would mix with), or a run folder
+    that cannot be written."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, read-only or missing folder). ``errno`` is the system's; the
+    message names the checkpoint and says that nothing was left under its name."""
+
+
+def save_checkpoint_atomically(trainer: L.Trainer, filepath: str | os.PathLike, weights_only: bool = False) -> None:
+    """``trainer.save_checkpoint`` to ``<filepath>.partial``, then rename onto ``filepath`` (global rank 0), so
+    ``filepath`` is always a whole checkpoint: the previous one, or the new one.
+
+    Raises:
+        CheckpointWriteError: the write failed (e.g. ``No space left on device``); the partial file is deleted
+            and ``filepath`` left as it was.
+    """
+    filepath = os.fspath(filepath)
+    partial = f"{filepath}.partial"
+    try:
+        trainer.save_checkpoint(partial, weights_only)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+    except OSError as err:
+        if trainer.is_global_zero:
+            try:
+                os.unlink(partial)
+            except OSError:
+                pass
+        reason = err.strerror or str(err)
+        raise CheckpointWriteError(
+            err.errno, f"cannot write checkpoint {filepath}: {reason} (nothing was left under that name; free "
+            f"space or fix the folder, then resume with --ckpt_path last)") from err
+    trainer.strategy.barrier()
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """Lightning's :class:`ModelCheckpoint` (used for ``best-*.ckpt``) writing through
+    :func:`save_checkpoint_atomically`: a full disk or a kill during the write never leaves a truncated
+    checkpoint under its final name, and the error is one :class:`CheckpointWriteError` naming the file."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        save_checkpoint_atomically(trainer, filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
 
 
 def _plain(value: Any) -> Any:
@@ -202,11 +249,7 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        partial = f"{filepath}.partial"
-        trainer.save_checkpoint(partial, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(partial, filepath)
-        trainer.strategy.barrier()
+        save_checkpoint_atomically(trainer, filepath, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
@@ -262,14 +305,14 @@ class CheckpointSettings:
         self.every_n_epochs = every_n_epochs
 
     def callbacks(self, val_fold: int | None, identity: dict | None = None) -> list[Callback]:
-        """The checkpoint callbacks of a run: a ``best-*`` :class:`ModelCheckpoint` first when ``val_fold`` is
+        """The checkpoint callbacks of a run: a ``best-*`` :class:`AtomicModelCheckpoint` first when ``val_fold`` is
         set and ``monitor`` is not null (so ``trainer.checkpoint_callback`` is the best one), then the
         :class:`LastCheckpoint`."""
         callbacks: list[Callback] = []
         if self.monitor and val_fold is not None:
-            callbacks.append(ModelCheckpoint(dirpath=self.dirpath, filename=self.filename, monitor=self.monitor,
-                                             mode=self.mode, save_top_k=self.save_top_k,
-                                             enable_version_counter=False))
+            callbacks.append(AtomicModelCheckpoint(dirpath=self.dirpath, filename=self.filename,
+                                                   monitor=self.monitor, mode=self.mode,
+                                                   save_top_k=self.save_top_k, enable_version_counter=False))
         elif self.monitor:
             log.info("no val_fold: validation runs on the test fold, so no best checkpoint is kept "
                      "(%s/last.ckpt is the final model)", self.dirpath)
@@ -278,5 +321,5 @@ class CheckpointSettings:
         return callbacks
 
 
-__all__ = ["CheckpointSettings", "LastCheckpoint", "RunFolderError", "check_run_folder", "identity_differences",
-           "read_run_file", "run_identity"]
+__all__ = ["AtomicModelCheckpoint", "CheckpointSettings", "CheckpointWriteError", "LastCheckpoint", "RunFolderError", "check_run_folder", "identity_differences",
+           "read_run_file", "run_identity", "save_checkpoint_atomically"]

@@ -83,15 +83,10 @@ def describe_module(module) -> dict:
 
 def read_checkpoint(path: str | Path) -> dict:
     """A checkpoint loaded with ``weights_only=True`` (on the CPU); one-line ``ValueError`` when it cannot be."""
-    import torch
+    from audio_ssl.utils.torch_files import load_weights_file
 
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: checkpoint file does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"{path}: cannot load the checkpoint with weights_only=True ({err})") from err
+    checkpoint = load_weights_file(path, map_location="cpu")  # CheckpointFileError is a ValueError
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: not a checkpoint (a {type(checkpoint).__name__}, expected a dict)")
     return checkpoint

@@ -87,10 +87,58 @@ def read_logger_ids(run_dir: Path) -> dict:
     return state if isinstance(state, dict) else {}
 
 
+class UnwritableFolderError(OSError):
+    """A folder a run must write to (its logs, its checkpoints) cannot be written; the message names it."""
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
+    """Create ``folder`` if needed and write (and delete) a probe file in it.
+
+    Raises:
+        UnwritableFolderError: naming ``folder``, ``what`` goes there and the system's reason (read-only file
+            system, permissions, a file in the way, full disk).
+    """
+    import tempfile
+
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise UnwritableFolderError(
+            err.errno, f"{folder} is not writable ({err.strerror or err}): it is where {what} go; fix its "
+            "permissions or point the run at a writable folder") from err
+
+
+def logger_folders(logger_config) -> list[tuple[Path, str]]:
+    """``(folder, what)`` for every W&B and CSV logger of a parsed ``trainer.logger`` config: the folders they
+    will write to. W&B without ``save_dir``/``dir`` writes under ``$WANDB_DIR`` or the working directory."""
+    folders = []
+    for spec in _specs(logger_config):
+        kind, init = _kind(spec), spec.get("init_args") if hasattr(spec, "get") else None
+        if kind == "WandbLogger":
+            init = init or {}
+            folder = init.get("save_dir") or init.get("dir") or os.environ.get("WANDB_DIR") or "."
+            folders.append((Path(folder), "the W&B run files (W&B would otherwise fall back to a temporary folder "
+                                          "without saying so)"))
+        elif kind == "CSVLogger":
+            folders.append((Path((init or {}).get("save_dir") or "."), "the CSV metrics"))
+    return folders
+
+
 def prepare_logger_config(logger_config, run_dir: Path, resume: bool):
     """Give the W&B loggers of a parsed ``trainer.logger`` config their run id, and, on ``resume``, the CSV
     loggers their recorded version (switching them to :class:`AppendingCSVLogger`). Explicit ``id``/``version``
-    values are left alone. Returns the config (changed in place where it is a namespace)."""
+    values are left alone. Returns the config (changed in place where it is a namespace).
+
+    Raises:
+        UnwritableFolderError: a logger's folder cannot be written (checked with a probe file), so logs never
+            silently go elsewhere.
+    """
+    if is_rank_zero():
+        for folder, what in logger_folders(logger_config):
+            check_writable_folder(folder, what)
     state = read_logger_ids(run_dir) if resume else {}
     for spec in _specs(logger_config):
         kind, init = _kind(spec), spec.get("init_args") if hasattr(spec, "get") else None
@@ -119,11 +167,12 @@ def record_logger_ids(loggers, run_dir: Path) -> None:
         state["csv"] = csv_versions
     if not state:
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{LOGGER_IDS_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, run_dir / LOGGER_IDS_FILE)
+    from audio_ssl.utils.io import atomic_write
+
+    with atomic_write(run_dir / LOGGER_IDS_FILE, "w") as fh:
+        fh.write(json.dumps(state, indent=2))
 
 
-__all__ = ["AppendingCSVLogger", "LOGGER_IDS_FILE", "new_wandb_id", "prepare_logger_config", "read_logger_ids",
+__all__ = ["AppendingCSVLogger", "LOGGER_IDS_FILE", "UnwritableFolderError", "check_writable_folder",
+           "logger_folders", "new_wandb_id", "prepare_logger_config", "read_logger_ids",
            "record_logger_ids", "stable_wandb_id"]

@@ -9,7 +9,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from audio_ssl.utils.checkpoints import (
     RUN_FILE,
+    AtomicModelCheckpoint,
     CheckpointSettings,
+    CheckpointWriteError,
     LastCheckpoint,
     RunFolderError,
     check_run_folder,
@@ -64,7 +66,8 @@ def test_best_checkpoint_only_with_a_validation_fold(tmp_path):
     without = settings.callbacks(val_fold=None)
     assert [type(c) for c in without] == [LastCheckpoint]
     with_val = settings.callbacks(val_fold=4)
-    assert [type(c) for c in with_val] == [ModelCheckpoint, LastCheckpoint]
+    assert [type(c) for c in with_val] == [AtomicModelCheckpoint, LastCheckpoint]
+    assert isinstance(with_val[0], ModelCheckpoint)
     best, last = with_val
     assert best.monitor == "val/acc" and best.mode == "max" and best.save_top_k == 1 and not best.save_last
     assert last.monitor is None and last.save_last and last._every_n_train_steps == 3
@@ -104,3 +107,67 @@ def test_last_written_every_n_epochs_and_always_at_the_end(tmp_path, every_n_epo
     assert saves == saved_after
     last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 4 * epochs
+
+
+def test_full_disk_leaves_no_truncated_best_checkpoint(tmp_path):
+    """A disk that fills up halfway through ``best-*.ckpt``: one CheckpointWriteError naming the file and the
+    system's reason, and neither the checkpoint nor its partial file under the folder."""
+    import errno
+
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class FullDisk(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            with open(path, "wb") as fh:  # what a full disk leaves: the first bytes, then ENOSPC
+                fh.write(b"PK\x03\x04" + b"\x00" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    class Logged(BoringModel):
+        def validation_step(self, batch, batch_idx):
+            out = super().validation_step(batch, batch_idx)
+            self.log("val/acc", 0.5)
+            return out
+
+    best = CheckpointSettings(dirpath=str(tmp_path), monitor="val/acc").callbacks(val_fold=4)[0]
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[best], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        plugins=[FullDisk()])
+    with pytest.raises(CheckpointWriteError) as info:
+        trainer.fit(Logged())
+    err = info.value
+    assert err.errno == errno.ENOSPC
+    assert "best-epoch=000.ckpt" in str(err) and "No space left on device" in str(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_disk_error_is_one_line_from_the_cli(monkeypatch, capsys):
+    import errno
+
+    from audio_ssl import cli
+
+    def fail(argv):
+        raise CheckpointWriteError(errno.ENOSPC, "cannot write checkpoint runs/x/best.ckpt: No space left on device")
+
+    monkeypatch.setattr(cli, "build_cli", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", "x.yaml"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == "audio-ssl: error: cannot write checkpoint runs/x/best.ckpt: No space left on device\n"
+
+
+def test_unwritable_log_folder_is_refused_not_redirected(tmp_path):
+    """W&B falls back to a temporary folder without a word when its folder cannot be written: refused up front."""
+    from audio_ssl.utils.run_logging import UnwritableFolderError, prepare_logger_config
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a folder below a file can never be created (a read-only folder, even as root)
+    loggers = [{"class_path": "lightning.pytorch.loggers.WandbLogger",
+                "init_args": {"save_dir": str(blocker / "run"), "offline": True}}]
+    with pytest.raises(UnwritableFolderError, match=r"a-file/run is not writable .*W&B run files"):
+        prepare_logger_config(loggers, tmp_path, resume=False)
+    ok = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "logs")}}]
+    prepare_logger_config(ok, tmp_path, resume=False)
+    assert (tmp_path / "logs").is_dir() and list((tmp_path / "logs").iterdir()) == []
