@@ -212,3 +212,34 @@ def test_resample_worst_case_benchmark_measures_both_paths():
     assert old["ok"] and old["seconds"] > 0, old
     summary = resample_worst_case.worst([new, old], "new")
     assert summary["slowest"] is new and summary["failed"] == []
+
+
+def test_metrics_agreement_reads_csv_and_wandb_logs(tmp_path, monkeypatch):
+    """The agreement check finds the values in a real offline W&B run file and a CSV log, and flags a mismatch."""
+    import csv as csv_module
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import wandb
+
+    spec = importlib.util.spec_from_file_location(
+        "metrics_agreement", Path(__file__).parents[1] / "benchmarks" / "metrics_agreement.py")
+    agreement = importlib.util.module_from_spec(spec)
+    sys.modules["metrics_agreement"] = agreement
+    spec.loader.exec_module(agreement)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    fold = run_dir / "fold1"
+    (fold / "csv" / "version_0").mkdir(parents=True)
+    run = wandb.init(project="agreement-test", dir=str(fold))
+    run.log({"test/acc": 0.625, "test/f1_macro": 0.5, "test/confusion": [1, 2]})
+    run.finish()
+    with open(fold / "csv" / "version_0" / "metrics.csv", "w", newline="") as fh:
+        writer = csv_module.writer(fh)
+        writer.writerows([["epoch", "test/acc", "test/f1_macro"], ["3", "", ""], ["3", "0.625", "0.5"]])
+    (run_dir / "folds.csv").write_text("fold,variant,acc,f1_macro\n1,default,0.625,0.5\n")
+    assert agreement.wandb_logged(fold) == {"test/acc": 0.625, "test/f1_macro": 0.5}
+    assert agreement.main([str(run_dir), "--metrics", "acc", "f1_macro"]) == 0
+    (run_dir / "folds.csv").write_text("fold,variant,acc,f1_macro\n1,default,0.6,0.5\n")
+    assert agreement.main([str(run_dir), "--metrics", "acc", "f1_macro"]) == 1
