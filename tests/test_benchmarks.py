@@ -243,3 +243,29 @@ def test_metrics_agreement_reads_csv_and_wandb_logs(tmp_path, monkeypatch):
     assert agreement.main([str(run_dir), "--metrics", "acc", "f1_macro"]) == 0
     (run_dir / "folds.csv").write_text("fold,variant,acc,f1_macro\n1,default,0.6,0.5\n")
     assert agreement.main([str(run_dir), "--metrics", "acc", "f1_macro"]) == 1
+def test_classify_long_recording_and_checkpoint(tmp_path):
+    """The long-recording benchmark's inputs: a WAV written minute by minute with the asked length and shape,
+    and a self-describing checkpoint of the config's model that classify loads alone."""
+    import classify_long
+
+    from audio_ssl.tools.predict import load_classifier
+
+    classify_long.write_recording(tmp_path / "r.wav", 61.5, 8000, 2)
+    info = sf.info(tmp_path / "r.wav")
+    assert (info.frames, info.channels, info.samplerate, info.subtype) == (61.5 * 8000, 2, 8000, "PCM_16")
+    classify_long.make_checkpoint(Path(classify_long.REPO_ROOT) / "experiments" / "supervised_cpu.yaml",
+                                  tmp_path / "m.ckpt", 7)
+    bundle = load_classifier(None, tmp_path / "m.ckpt")
+    assert (bundle.num_classes, bundle.sample_rate, bundle.clip_seconds) == (7, 16000, 5.0)
+
+
+@pytest.mark.slow
+def test_classify_long_runs(tmp_path):
+    import classify_long
+
+    result = classify_long.main(["--hours", "0.002", "--baseline-hours", "0.001", "--rate", "22050",
+                                 "--tmp-dir", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    assert set(result["runs"]) == {"clip/stream", "clip/whole_file", "baseline/stream", "baseline/whole_file",
+                                   "long/stream"}
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["target_mb"] == 200
+    assert not list(tmp_path.glob("classify-long-*"))  # the recordings are deleted

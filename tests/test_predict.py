@@ -15,12 +15,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
 
 from audio_ssl.cli import build_cli
 from audio_ssl.cli import main as cli_main
+from audio_ssl.data import stream as stream_module
 from audio_ssl.data.audio import decode_audio
-from audio_ssl.tools.predict import ClassifierBundle, class_names_for, find_audio_files, load_classifier, main
+from audio_ssl.data.stream import RESAMPLE_QUALITY
+from audio_ssl.evaluation.windows import score_long_audio
+from audio_ssl.tools.predict import (
+    ClassifierBundle,
+    class_names_for,
+    classify_file,
+    find_audio_files,
+    load_classifier,
+    main,
+)
 
 SR = 16000
 NUM_CLASSES = 5  # the esc50_root fixture
@@ -89,6 +100,14 @@ def reference_probs(bundle: ClassifierBundle, wave: np.ndarray, starts: list[int
     with torch.no_grad():
         probs = torch.cat([bundle.model.predict_proba(v[None]) for v in views])  # one window per call
     return probs.mean(0).numpy()
+
+
+def whole_decode(path: Path) -> np.ndarray:
+    """The whole file decoded at once (libsndfile), mixed to mono and resampled in one call of
+    ``soxr.resample`` with the streaming resampler's quality: what classify's streamed blocks add up to."""
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    mono = data.mean(axis=1, dtype=np.float32)
+    return mono if rate == SR else soxr.resample(mono, rate, SR, quality=RESAMPLE_QUALITY)
 
 
 def run_classify(args: list[str], capsys) -> tuple[int, str, str]:
@@ -167,7 +186,10 @@ def test_short_file_is_padded_and_stereo_44k_is_mixed_and_resampled(trained, bun
     # 2.2 s at the default hop (0.5 s): windows at 0, .5, 1 and 1.2 s of the mono 16 kHz decode
     rec = records["stereo.wav"]
     assert rec["windows"] == 4 and rec["duration"] == pytest.approx(2.2)
-    expected = reference_probs(bundle, decode_audio(stereo, SR), [0, 8000, 16000, 19200], SR)
+    expected = reference_probs(bundle, whole_decode(stereo), [0, 8000, 16000, 19200], SR)
+    # the streaming soxr resampler and decode_audio's whole-file torchaudio resampler differ in the transition band
+    close = reference_probs(bundle, decode_audio(stereo, SR), [0, 8000, 16000, 19200], SR)
+    np.testing.assert_allclose(expected, close, atol=5e-4)
     got = np.zeros(NUM_CLASSES)
     for item in rec["top_k"]:
         got[item["index"]] = item["prob"]
@@ -198,7 +220,8 @@ def test_bad_files_are_reported_and_the_rest_complete(trained, tmp_path, capsys)
     assert "truncated" in rows["cut.wav"]["error"] and "does not exist" in rows["missing.ogg"]["error"]
     for name in ("good.wav", "good2.flac"):
         assert rows[name]["error"] == "" and rows[name]["pred_name"]
-    assert "3 of 5 file(s) could not be read" in err
+    assert "6 file(s): 2 classified, 3 could not be read, 1 skipped (not audio)" in err
+    assert "skipped" in err and "notes.txt" in err
 
 
 def test_output_shapes(trained, esc50_root, tmp_path, capsys):
@@ -293,3 +316,102 @@ def test_folder_search_and_bad_config(trained, tmp_path, capsys):
     code, _, err = run_classify(["--config", str(trained[0]), "--checkpoint", str(tmp_path / "none.ckpt"),
                                  str(tmp_path)], capsys)
     assert code == 2 and "none.ckpt" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize(("rate", "channels", "suffix"), [(SR, 1, "wav"), (22050, 2, "flac")])
+def test_streamed_classify_equals_the_whole_file_path(bundle, tmp_path, rate, channels, suffix):
+    """40 s decoded in 10 s blocks, resampled block by block, windows scored as they complete: the same
+    windows and probabilities as scoring the whole decoded waveform at once."""
+    path = tmp_path / f"rec.{suffix}"
+    sf.write(path, tone(40.0, rate, channels, seed=4), rate)
+    names = [str(i) for i in range(NUM_CLASSES)]
+    record = classify_file(path, bundle, names, 1.0, 0.5, NUM_CLASSES, batch_size=16)
+    mean, per_window, starts = score_long_audio(bundle.score, whole_decode(path), SR, SR // 2, 16)
+    assert record["windows"] == len(starts) == 79 and record["duration"] == pytest.approx(40.0)
+    np.testing.assert_allclose(record["probs"], mean, atol=1e-5)
+    assert [w["start"] for w in record["timeline"]] == pytest.approx((starts / SR).tolist())
+    for w, probs in zip(record["timeline"], per_window):
+        np.testing.assert_allclose([probs[t["index"]] for t in w["top_k"]], [t["prob"] for t in w["top_k"]],
+                                   atol=1e-5)
+    lean = classify_file(path, bundle, names, 1.0, 0.5, NUM_CLASSES, timeline=False)
+    assert lean["timeline"] is None and np.allclose(lean["probs"], record["probs"], atol=1e-6)
+
+
+class EnergyModel(torch.nn.Module):
+    """A stand-in classifier (3 classes from the windows' mean power), cheap enough for minutes of audio."""
+
+    sample_rate, num_classes = SR, 3
+
+    def predict_proba(self, audio):
+        power = audio.pow(2).mean(1, keepdim=True)
+        return torch.softmax(torch.cat([power, -power, power * 2], 1), 1)
+
+
+def test_classify_memory_does_not_grow_with_the_length(tmp_path):
+    """4 minutes of 44.1 kHz stereo: peak Python/numpy allocations during classify stay a small multiple of
+    one block (10 s at 44.1 kHz stereo = 3.4 MiB), far below the 85 MiB the whole decode would take."""
+    import tracemalloc
+
+    path = tmp_path / "four-minutes.wav"
+    with sf.SoundFile(path, "w", 44100, 2, subtype="PCM_16") as f:
+        for i in range(24):
+            f.write(tone(10.0, 44100, channels=2, seed=i))
+    scorer = ClassifierBundle(EnergyModel(), type("DM", (), {"clip_seconds": 1.0})(), torch.device("cpu"))
+    tracemalloc.start()
+    try:
+        record = classify_file(path, scorer, ["a", "b", "c"], 1.0, 0.5, 3, timeline=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert record["windows"] == 479 and record["duration"] == pytest.approx(240.0)
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    assert peak < 240 * 44100 * 2 * 4 / 5
+
+
+def test_every_file_of_a_folder_is_accounted_for(trained, tmp_path, capsys, monkeypatch):
+    """Recordings in the formats people record in are classified next to WAVs (FFmpeg through PyAV, generated
+    here with its encoders); other files are named as skipped, hidden ones counted, and a count ends stderr."""
+    pytest.importorskip("av")
+    from encoded_audio import encode
+
+    folder = tmp_path / "field"
+    folder.mkdir()
+    audio = tone(2.0, 48000, channels=2, seed=5)
+    sf.write(folder / "a.wav", audio, 48000)
+    compressed = ["b.m4a", "c.aac", "d.webm", "e.mp3"]
+    for name in compressed:
+        encode(folder / name, audio, 48000)
+    encode(folder / "f.wma", tone(2.0, 44100, channels=2, seed=5), 44100)
+    (folder / "notes.txt").write_text("site 4, north fence")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    config, checkpoint = trained
+    args = ["--config", str(config), "--checkpoint", str(checkpoint), str(folder), "--format", "json"]
+    code, out, err = run_classify(args, capsys)
+    assert code == 0, err
+    records = {Path(r["file"]).name: r for r in json.loads(out)}
+    assert set(records) == {"a.wav", *compressed, "f.wma"}
+    assert all(r["error"] is None and r["duration"] == pytest.approx(2.0, abs=0.1) for r in records.values())
+    assert "skipped" in err and "notes.txt: not an audio file (suffix .txt" in err
+    assert err.strip().splitlines()[-1] == ("audio-ssl classify: 8 file(s): 6 classified, 0 could not be read, "
+                                            "1 skipped (not audio), 1 hidden (ignored)")
+
+    monkeypatch.setattr(stream_module, "ffmpeg_available", lambda: False)  # without PyAV: error rows, what to install
+    code, out, err = run_classify(args, capsys)
+    records = {Path(r["file"]).name: r for r in json.loads(out)}
+    assert code == 1 and set(records) == {"a.wav", *compressed, "f.wma"}
+    for name in ("b.m4a", "c.aac", "d.webm", "f.wma"):
+        assert name in records[name]["error"] and "pip install 'audio-ssl[formats]'" in records[name]["error"]
+        assert f"cannot read {folder / name}" in err
+    assert records["a.wav"]["error"] is None and records["e.mp3"]["error"] is None  # libsndfile reads mp3
+    assert "6 classified" not in err and "2 classified, 4 could not be read" in err
+
+
+def test_progress_bar_on_stderr(trained, tmp_path, capsys):
+    path = tmp_path / "x.wav"
+    sf.write(path, tone(3.0, SR), SR)
+    config, checkpoint = trained
+    base = ["--config", str(config), "--checkpoint", str(checkpoint), str(path)]
+    code, _, err = run_classify(base + ["--progress", "always"], capsys)
+    assert code == 0 and "x.wav:" in err and "s of audio" in err
+    code, _, err = run_classify(base, capsys)  # auto: only for long recordings on a terminal
+    assert code == 0 and "s of audio" not in err

@@ -9,12 +9,13 @@ prediction is the mean of the windows' class probabilities.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["score_long_audio", "sliding_windows", "window_starts"]
+__all__ = ["StreamScores", "score_long_audio", "score_stream", "sliding_windows", "window_starts"]
 
 
 def _check_sizes(window: int, hop: int) -> None:
@@ -101,3 +102,103 @@ def score_long_audio(
             outputs.append(probs.detach().float().cpu())
     window_probs = torch.cat(outputs).numpy()
     return window_probs.mean(axis=0), window_probs, starts
+
+
+class StreamScores(NamedTuple):
+    """What :func:`score_stream` returns (numpy arrays)."""
+
+    mean_probs: np.ndarray
+    """[C] float32: mean of the windows' probabilities."""
+    window_probs: np.ndarray | None
+    """[N, C] float32 per window, or ``None`` unless ``keep_windows``."""
+    starts: np.ndarray
+    """[N] int64 start sample of each window."""
+    length: int
+    """Samples in the signal."""
+
+
+def score_stream(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    blocks: Iterable[np.ndarray],
+    window: int,
+    hop: int,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    keep_windows: bool = True,
+    on_block: Callable[[int], None] | None = None,
+) -> StreamScores:
+    """:func:`score_long_audio` for a signal that arrives in blocks, without ever holding it whole.
+
+    The windows, their grouping into batches and the result are those of ``score_long_audio`` on the
+    concatenated blocks (the same :func:`window_starts`, including the window aligned to the end and the
+    zero-padded single window of a short signal); the mean is accumulated in float64.
+
+    Args:
+        fn: maps a batch of windows [B, window] (float32, on ``device``) to probabilities [B, C].
+        blocks: mono float32 blocks [n] (any sizes, empty ones allowed) in order.
+        window, hop: window length and hop in samples.
+        batch_size: windows per call of ``fn``.
+        device: where the batches go before ``fn`` (default: stay on the CPU).
+        keep_windows: keep each window's probabilities (memory ``N * C`` floats; the mean needs only ``C``).
+        on_block: called with the number of samples of each block once it has been consumed (progress).
+
+    Memory: at most ``max(window, hop) + batch_size * window`` samples plus one block, whatever the length.
+
+    Raises:
+        ValueError: bad sizes, an empty signal, or ``fn`` returning a shape other than [B, C].
+    """
+    _check_sizes(window, hop)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    buffer = np.zeros(0, np.float32)  # samples [buffer_start, total) still needed by a window
+    buffer_start = total = next_start = 0
+    batch: list[np.ndarray] = []
+    starts: list[int] = []
+    kept: list[np.ndarray] = []
+    total_probs: np.ndarray | None = None
+
+    def run(views: list[np.ndarray]) -> None:
+        nonlocal total_probs
+        windows = torch.from_numpy(np.stack(views))
+        if device is not None:
+            windows = windows.to(device)
+        with torch.inference_mode():
+            probs = fn(windows)
+        if probs.ndim != 2 or probs.shape[0] != windows.shape[0]:
+            raise ValueError(f"the scoring function returned shape {tuple(probs.shape)} for {windows.shape[0]} "
+                             "windows; expected [windows, classes]")
+        probs = probs.detach().float().cpu().numpy()
+        total_probs = probs.sum(0, dtype=np.float64) + (0.0 if total_probs is None else total_probs)
+        if keep_windows:
+            kept.append(probs)
+
+    def emit(start: int, piece: np.ndarray) -> None:
+        starts.append(start)
+        batch.append(piece)
+        if len(batch) == batch_size:
+            run(batch)
+            batch.clear()
+
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        buffer = np.concatenate([buffer, block]) if len(buffer) else block.copy()
+        total += len(block)
+        while next_start + window <= total:
+            offset = next_start - buffer_start
+            emit(next_start, buffer[offset : offset + window].copy())
+            next_start += hop
+        keep_from = max(buffer_start, min(next_start, total - window))  # the last window may end-align
+        buffer, buffer_start = buffer[keep_from - buffer_start :], keep_from
+        if on_block is not None:
+            on_block(len(block))
+    if total == 0:
+        raise ValueError(f"cannot place windows on an empty signal (length={total})")
+    if total < window:  # one window, zero-padded at the end
+        emit(0, np.concatenate([buffer, np.zeros(window - total, np.float32)]))
+    elif starts[-1] + window < total:  # one more window aligned to the end
+        emit(total - window, buffer[len(buffer) - window :].copy())
+    if batch:
+        run(batch)
+    mean = (total_probs / len(starts)).astype(np.float32)
+    window_probs = np.concatenate(kept) if keep_windows else None
+    return StreamScores(mean, window_probs, np.asarray(starts, dtype=np.int64), total)

@@ -7,9 +7,18 @@ The checkpoint is enough: audio-ssl checkpoints store the resolved model config,
 sample rate and the clip length (``checkpoint["audio_ssl"]``), and the model is rebuilt from them. With
 ``--config`` (needed only for checkpoints saved without that description) the model is rebuilt from the
 experiment YAML's ``model`` block instead (its ``sample_rate`` and the clip length from the ``data`` block).
-Either way the weights are loaded from the Lightning checkpoint with ``weights_only=True``. Every file is decoded
-with :func:`audio_ssl.data.audio.decode_audio` (mixed to mono, resampled to the model's rate); folders
-are searched recursively for audio files. A recording is scored in windows of the model's clip length
+Either way the weights are loaded from the Lightning checkpoint with ``weights_only=True``.
+
+Every file is streamed (:mod:`audio_ssl.data.stream`): decoded block by block (libsndfile for WAV/FLAC/OGG/MP3/
+AIFF/...; FFmpeg through PyAV, ``pip install 'audio-ssl[formats]'``, for m4a/AAC, webm/Opus, wma and the other
+:data:`~audio_ssl.data.stream.FFMPEG_SUFFIXES`), mixed to mono, resampled to the model's rate with a streaming
+soxr resampler and cut into windows that are scored batch by batch, so memory stays bounded whatever the
+length of the recording; the result is that of scoring the whole decoded waveform at once. Files at least
+:data:`PROGRESS_MIN_SECONDS` long get a progress bar on stderr (``--progress``).
+
+Folders are searched recursively. Every file found is accounted for: audio files (:data:`AUDIO_EXTENSIONS`)
+are classified or get an error row; other files are named on stderr as skipped with the reason, hidden
+files are counted, and a last stderr line gives the counts. A recording is scored in windows of the model's clip length
 (``--window-seconds``, default ``data.clip_seconds``) every ``--hop-seconds`` (default half a window),
 and its prediction is the mean of the windows' probabilities (see :mod:`audio_ssl.evaluation.windows`);
 recordings shorter than a window are zero-padded to one. ``--timeline`` adds each window's top-k.
@@ -38,20 +47,25 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
 import torch
 import yaml
 
-from audio_ssl.data.audio import AudioDecodeError, decode_audio
-from audio_ssl.evaluation.windows import score_long_audio
+from audio_ssl.data.audio import AudioDecodeError
+from audio_ssl.data.stream import FFMPEG_SUFFIXES, open_audio, stream_mono
+from audio_ssl.evaluation.windows import score_stream
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "PROGRESS_MIN_SECONDS",
     "ClassifierBundle",
+    "FileScan",
     "classify_file",
     "find_audio_files",
+    "scan_paths",
     "load_classifier",
     "main",
     "read_label_file",
@@ -60,9 +74,15 @@ __all__ = [
 
 AUDIO_EXTENSIONS = frozenset(
     {fmt.lower() for fmt in sf.available_formats()} | {"wave", "aif", "aifc", "oga", "opus", "snd", "sf"}
+    | FFMPEG_SUFFIXES
 ) - {"raw"}
-"""File suffixes (lower case, no dot) picked up when searching folders: what libsndfile reads, minus
-header-less RAW. Files named explicitly on the command line are tried whatever their suffix."""
+"""File suffixes (lower case, no dot) classified when searching folders: what libsndfile reads (minus
+header-less RAW) and the compressed formats people record in, decoded by FFmpeg (PyAV) when it is installed
+(else those files get an error row saying what to install). Files named explicitly on the command line are
+tried whatever their suffix."""
+
+PROGRESS_MIN_SECONDS = 600.0
+"""Recordings at least this long (seconds, from the header) get a progress bar with ``--progress auto``."""
 
 AUDIOSET_LABELS_ENV = "AUDIO_SSL_AUDIOSET_LABELS"
 AUDIOSET_LABELS_URL = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv"
@@ -210,17 +230,40 @@ def class_names_for(labels: str, label_file: str | None, bundle: ClassifierBundl
 
 
 # ---------------------------------------------------------------------------------------------- files
+class FileScan(NamedTuple):
+    """What :func:`scan_paths` found: every file, in one of three lists."""
+
+    audio: list[Path]
+    """Files to classify: named directly (whatever their suffix, even missing) or found with an audio suffix."""
+    skipped: list[tuple[Path, str]]
+    """Non-hidden files found in folders that are not audio, with the reason."""
+    hidden: list[Path]
+    """Files found in folders whose name, or a folder's name below the searched one, starts with a dot."""
+
+
+def scan_paths(paths: Sequence[str | os.PathLike]) -> FileScan:
+    """Sort every file under ``paths`` into audio / skipped / hidden (see :class:`FileScan`), sorted per folder."""
+    scan = FileScan([], [], [])
+    for p in map(Path, paths):
+        if not p.is_dir():
+            scan.audio.append(p)
+            continue
+        for f in sorted(f for f in p.rglob("*") if f.is_file()):
+            suffix = f.suffix.lower().lstrip(".")
+            if any(part.startswith(".") for part in f.relative_to(p).parts):
+                scan.hidden.append(f)
+            elif suffix in AUDIO_EXTENSIONS:
+                scan.audio.append(f)
+            else:
+                what = f"suffix .{suffix}" if suffix else "no suffix"
+                scan.skipped.append((f, f"not an audio file ({what}; name it explicitly to try to decode it)"))
+    return scan
+
+
 def find_audio_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Files named directly (kept whatever their suffix, and kept if missing so they are reported) plus
     the audio files (:data:`AUDIO_EXTENSIONS`, not hidden) found recursively in folders, in sorted order."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                            and f.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS)
-        else:
-            found.append(p)
-    return found
+    return scan_paths(paths).audio
 
 
 def _top_k(probs: np.ndarray, names: Sequence[str], k: int) -> list[dict]:
@@ -229,19 +272,40 @@ def _top_k(probs: np.ndarray, names: Sequence[str], k: int) -> list[dict]:
 
 
 def classify_file(path: Path, bundle: ClassifierBundle, names: Sequence[str], window_seconds: float,
-                  hop_seconds: float, top_k: int, batch_size: int = 16) -> dict:
-    """One file's record (see the module docstring); raises :class:`AudioDecodeError` if it cannot be read."""
-    wave = decode_audio(path, bundle.sample_rate, mono=True)
-    window = max(1, round(window_seconds * bundle.sample_rate))
-    hop = max(1, round(hop_seconds * bundle.sample_rate))
-    mean, per_window, starts = score_long_audio(bundle.score, wave, window, hop, batch_size, bundle.device)
-    top = _top_k(mean, names, top_k)
-    duration = len(wave) / bundle.sample_rate
-    timeline = [{"start": s / bundle.sample_rate, "end": min(s + window, len(wave)) / bundle.sample_rate,
-                 "top_k": _top_k(p, names, top_k)} for s, p in zip(starts.tolist(), per_window)]
-    return {"file": str(path), "duration": duration, "windows": len(starts), "pred": top[0]["index"],
-            "pred_name": top[0]["name"], "confidence": top[0]["prob"], "top_k": top, "timeline": timeline,
-            "error": None, "probs": mean}
+                  hop_seconds: float, top_k: int, batch_size: int = 16, timeline: bool = True,
+                  progress: str = "never") -> dict:
+    """One file's record (see the module docstring), streamed block by block in bounded memory.
+
+    ``timeline=False`` leaves the per-window list out (``"timeline": None``; it is the only part that grows
+    with the length). ``progress``: ``"auto"`` (a tqdm bar on stderr for a recording at least
+    :data:`PROGRESS_MIN_SECONDS` long when stderr is a terminal), ``"always"`` or ``"never"``.
+    Raises :class:`AudioDecodeError` (naming the file and the reason) if it cannot be read.
+    """
+    from tqdm.auto import tqdm
+
+    if progress not in ("auto", "always", "never"):
+        raise ValueError(f"progress must be auto, always or never, got {progress!r}")
+    rate = bundle.sample_rate
+    window = max(1, round(window_seconds * rate))
+    hop = max(1, round(hop_seconds * rate))
+    with open_audio(path) as stream:
+        long = stream.duration is None or stream.duration >= PROGRESS_MIN_SECONDS
+        show = progress == "always" or (progress == "auto" and long and sys.stderr.isatty())
+        total = None if stream.duration is None else round(stream.duration, 1)
+        with tqdm(total=total, unit="s", desc=path.name, file=sys.stderr, disable=not show, leave=False,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} s of audio "
+                             "[{elapsed}<{remaining}]") as bar:
+            scores = score_stream(bundle.score, stream_mono(stream, rate), window, hop, batch_size, bundle.device,
+                                  keep_windows=timeline, on_block=lambda n: bar.update(n / rate))
+    top = _top_k(scores.mean_probs, names, top_k)
+    length = scores.length
+    record = {"file": str(path), "duration": length / rate, "windows": len(scores.starts), "pred": top[0]["index"],
+              "pred_name": top[0]["name"], "confidence": top[0]["prob"], "top_k": top, "timeline": None,
+              "error": None, "probs": scores.mean_probs}
+    if timeline:
+        record["timeline"] = [{"start": s / rate, "end": min(s + window, length) / rate, "top_k": _top_k(p, names, top_k)}
+                              for s, p in zip(scores.starts.tolist(), scores.window_probs)]
+    return record
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -313,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="-", help="output file (default: stdout)")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: %(default)s)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                        help="progress bar on stderr: auto = for recordings of at least "
+                             f"{PROGRESS_MIN_SECONDS:.0f} s when stderr is a terminal (default: %(default)s)")
     return parser
 
 
@@ -330,14 +397,18 @@ def main(argv: list[str] | None = None) -> None:
     window_seconds = args.window_seconds or bundle.clip_seconds
     hop_seconds = args.hop_seconds or window_seconds / 2
     top_k = min(args.top_k, bundle.num_classes)
-    files = find_audio_files(args.paths)
+    scan = scan_paths(args.paths)
+    for path, reason in scan.skipped:
+        print(f"audio-ssl classify: skipped {path}: {reason}", file=sys.stderr)
+    files = scan.audio
     if not files:
-        raise _fail(f"no audio files found in {' '.join(args.paths)}")
+        raise _fail(f"no audio files found in {' '.join(args.paths)} ({_counts(0, 0, scan)})")
 
     records, failed = [], 0
     for path in files:
         try:
-            records.append(classify_file(path, bundle, names, window_seconds, hop_seconds, top_k, args.batch_size))
+            records.append(classify_file(path, bundle, names, window_seconds, hop_seconds, top_k, args.batch_size,
+                                         timeline=args.timeline, progress=args.progress))
         except AudioDecodeError as err:
             failed += 1
             reason = str(err) if str(path) in str(err) else f"{path}: {err}"
@@ -350,6 +421,15 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as stream:
             write_predictions(records, stream, fmt, top_k, args.timeline)
+    print(f"audio-ssl classify: {_counts(len(files) - failed, failed, scan)}", file=sys.stderr)
     if failed:
-        print(f"audio-ssl classify: {failed} of {len(files)} file(s) could not be read", file=sys.stderr)
         raise SystemExit(1)
+
+
+def _counts(classified: int, failed: int, scan: FileScan) -> str:
+    """``"7 files: 5 classified, 2 could not be read, 1 skipped (not audio), 3 hidden (ignored)"``."""
+    found = len(scan.audio) + len(scan.skipped) + len(scan.hidden)
+    parts = [f"{classified} classified", f"{failed} could not be read", f"{len(scan.skipped)} skipped (not audio)"]
+    if scan.hidden:
+        parts.append(f"{len(scan.hidden)} hidden (ignored)")
+    return f"{found} file(s): " + ", ".join(parts)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from audio_ssl.evaluation.windows import score_long_audio, sliding_windows, window_starts
+from audio_ssl.evaluation.windows import score_long_audio, score_stream, sliding_windows, window_starts
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,29 @@ def test_score_long_audio_is_the_mean_over_windows(batch_size):
 def test_score_long_audio_checks_the_output_shape():
     with pytest.raises(ValueError, match="expected \\[windows, classes\\]"):
         score_long_audio(lambda b: b.sum(1), np.zeros(100), 10, 10)
+
+
+def test_score_stream_equals_score_long_audio_for_any_blocks():
+    """Random lengths, window/hop sizes (hop above and below the window), batch sizes and block cuts
+    (empty blocks included): the same windows, the same per-window and mean probabilities."""
+    rng = np.random.default_rng(0)
+    weights = torch.randn(40, 6)
+
+    def fn(x):
+        return torch.softmax(x[:, :40] @ weights + x.sum(1, keepdim=True), dim=1)
+
+    for _ in range(200):
+        length, window = int(rng.integers(1, 500)), int(rng.integers(40, 100))
+        hop, batch = int(rng.integers(1, 150)), int(rng.integers(1, 5))
+        wave = rng.standard_normal(length).astype(np.float32)
+        blocks = np.split(wave, np.sort(rng.integers(0, length, int(rng.integers(0, 8)))))
+        seen = []
+        mean, per_window, starts = score_long_audio(fn, wave, window, hop, batch)
+        got = score_stream(fn, iter(blocks), window, hop, batch, on_block=seen.append)
+        assert got.starts.tolist() == starts.tolist() and got.length == length == sum(seen)
+        np.testing.assert_allclose(got.window_probs, per_window, atol=1e-6)
+        np.testing.assert_allclose(got.mean_probs, mean, atol=1e-6)
+    without = score_stream(fn, [wave], 50, 10, keep_windows=False)
+    assert without.window_probs is None and without.mean_probs.shape == (6,)
+    with pytest.raises(ValueError, match="empty"):
+        score_stream(fn, [np.zeros(0, np.float32)], 50, 10)
