@@ -232,7 +232,7 @@ def test_metrics_agreement_reads_csv_and_wandb_logs(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     fold = run_dir / "fold1"
     (fold / "csv" / "version_0").mkdir(parents=True)
-    run = wandb.init(project="agreement-test", dir=str(fold))
+    run = wandb.init(project="agreement-test", dir=str(fold), mode="offline", reinit="create_new")
     run.log({"test/acc": 0.625, "test/f1_macro": 0.5, "test/confusion": [1, 2]})
     run.finish()
     with open(fold / "csv" / "version_0" / "metrics.csv", "w", newline="") as fh:
