@@ -68,6 +68,7 @@ TOOLS = {
     "cv": "audio_ssl.tools.cv",
     "results": "audio_ssl.tools.results",
     "probe": "audio_ssl.evaluation.probe",
+    "serve": "audio_ssl.serve.server",
 }
 
 TOOL_HELP = {
@@ -77,6 +78,7 @@ TOOL_HELP = {
     "probe": "linear probe of a checkpoint's encoder on one fold",
     "classify": "class predictions for audio files and folders with a checkpoint",
     "make-beats-checkpoint": "write a small random BEATs checkpoint in the official format",
+    "serve": "HTTP inference API and web page for a checkpoint (FastAPI + uvicorn)",
 }
 
 
