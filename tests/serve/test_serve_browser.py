@@ -135,3 +135,15 @@ def test_page_uploads_a_clip_and_draws_what_the_model_hears(server, browser, tmp
     _wait(browser, lambda d: "error" in d.find_element(By.ID, "status").get_attribute("class"), "the error")
     assert "notes.wav" in browser.find_element(By.ID, "status").text
     assert "format" in browser.find_element(By.ID, "status").text
+
+
+def test_api_docs_render_offline(server, browser):
+    """Swagger UI comes from the server itself (fastapi-offline's bundle) and renders the three endpoints."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/docs")
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 3, "the API operations")
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "/v1/classify" in text and "/v1/model" in text and "/healthz" in text
+    scripts = browser.execute_script("return [...document.scripts].map(s => s.src).filter(Boolean)")
+    assert scripts and all(src.startswith(server) for src in scripts)
