@@ -71,6 +71,7 @@ TOOLS = {
     "results": "audio_ssl.tools.results",
     "probe": "audio_ssl.evaluation.probe",
     "cache": "audio_ssl.tools.cache",
+    "serve": "audio_ssl.serve.server",
 }
 
 TOOL_HELP = {
@@ -81,6 +82,7 @@ TOOL_HELP = {
     "classify": "class predictions for audio files and folders with a checkpoint",
     "make-beats-checkpoint": "write a small random BEATs checkpoint in the official format",
     "cache": "list the waveform caches (cache list) or delete unused/damaged ones (cache clean)",
+    "serve": "HTTP inference API and web page for a checkpoint (FastAPI + uvicorn)",
 }
 
 
