@@ -280,7 +280,6 @@ class BEATsClassifier(SupervisedClassifier):
             self.encoder.encoder.layerdrop = layerdrop
         self.augment_spec = freq_mask > 0 or time_mask > 0
         num_pooled = len(self.layers) if self.layers is not None else 1
-        self.embedding_dim = self.encoder.out_dim * num_pooled
         self.head = BEATsProbeHead(self.encoder.out_dim, num_pooled, num_classes, norm=head_norm, dropout=dropout)
         # The AudioSet predictor of a fine-tuned checkpoint is never trained here.
         if self.encoder.predictor is not None:
@@ -290,6 +289,11 @@ class BEATsClassifier(SupervisedClassifier):
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         self.train()
+
+    @property
+    def embedding_dim(self) -> int:
+        """``D`` of :meth:`embed`: the encoder width times the number of pooled hidden states."""
+        return self.encoder.out_dim * (len(self.layers) if self.layers is not None else 1)
 
     def _check_layers(self, layers: Sequence[int] | None) -> list[int] | None:
         """Validate ``layers`` against the encoder depth; returns non-negative hidden-state indices."""
