@@ -240,9 +240,7 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     import lightning as L
-    from cli_utils import common_args, lightning_configs, small_overrides
-
-from audio_ssl.cli import build_cli
+    from audio_ssl.cli import build_cli
 
     class KillMidEpoch(L.Callback):
         def on_train_batch_end(self, trainer, *args):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from ddp_utils import run_distributed
+from method_utils import tone_clips
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -38,11 +39,7 @@ def tiny_byola(**kwargs) -> BYOLA:
 
 
 def clips(batch=8, samples=SR, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(samples) / SR
-    freqs = 200.0 * (1 + torch.arange(batch).float())[:, None]
-    audio = 0.5 * torch.sin(2 * torch.pi * freqs * t) + 0.05 * torch.randn(batch, samples, generator=g)
-    return {"audio": audio, "label": torch.arange(batch) % 4, "index": torch.arange(batch)}
+    return tone_clips(batch, samples, seed, SR)
 
 
 # ----------------------------------------------------------------------------- the loss

@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from ddp_utils import run_distributed
+from method_utils import tone_clips
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -36,12 +37,7 @@ def tiny_simclr(**kwargs) -> SimCLR:
 
 
 def clips(batch=8, samples=SR, seed=0):
-    """Clips with distinct content: a tone per clip plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(samples) / SR
-    freqs = 200.0 * (1 + torch.arange(batch).float())[:, None]
-    audio = 0.5 * torch.sin(2 * torch.pi * freqs * t) + 0.05 * torch.randn(batch, samples, generator=g)
-    return {"audio": audio, "label": torch.arange(batch) % 4, "index": torch.arange(batch)}
+    return tone_clips(batch, samples, seed, SR)
 
 
 def capture_logs(model: SimCLR) -> list[tuple[str, dict]]:
