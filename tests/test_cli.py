@@ -15,44 +15,13 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from cli_utils import common_args, lightning_configs, small_overrides
 
 from audio_ssl.cli import build_cli
 from audio_ssl.utils.checkpoints import RUN_FILE, RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
-OVERRIDES = Path(__file__).resolve().parent / "fast_dev_run"
-
-
-def lightning_configs() -> list[Path]:
-    """Every experiment YAML that the Lightning CLI runs (pipeline configs have their own tests)."""
-    return [p for p in sorted((ROOT / "experiments").glob("*.yaml"))
-            if "pipeline" not in (yaml.safe_load(p.read_text()) or {})]
-
-
 CONFIGS = lightning_configs()
-
-
-def small_overrides(config: Path) -> list[str]:
-    """Extra CLI arguments that make a recipe small enough for a CPU test (the architecture family kept):
-    ``tests/fast_dev_run/<config stem>.json`` holds a JSON list of arguments."""
-    path = OVERRIDES / f"{config.stem}.json"
-    return json.loads(path.read_text()) if path.exists() else []
-
-
-def common_args(esc50_root, cache_dir, tmp_path, batch_size=4):
-    return [
-        "--data.init_args.data_dir", str(esc50_root),
-        "--data.init_args.cache_dir", str(cache_dir),
-        "--data.init_args.num_workers", "0",
-        "--data.init_args.batch_size", str(batch_size),
-        "--data.init_args.clip_seconds", "1.0",
-        "--trainer.accelerator", "cpu",
-        "--trainer.devices", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--checkpoint.dirpath", str(tmp_path / "checkpoints"),
-        "--trainer.logger", json.dumps([{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                         "init_args": {"save_dir": str(tmp_path), "name": "csv"}}]),
-    ]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
@@ -61,8 +30,32 @@ def test_config_prints(config, capsys, monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         build_cli(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
-    printed = capsys.readouterr().out
-    assert "class_path" in printed and "model:" in printed and "data:" in printed
+    printed = yaml.safe_load(capsys.readouterr().out)
+    source = yaml.safe_load(config.read_text())
+    for section in ("model", "data", "trainer"):  # every value the recipe states is the resolved one
+        assert_contains(source[section], printed[section], section)
+    assert "num_classes" not in printed["model"]["init_args"]  # linked from the data module, never stated
+
+
+def assert_contains(expected, actual, where: str) -> None:
+    """Every value of ``expected`` (a parsed YAML block) is in ``actual`` (the printed, resolved config); class
+    paths are compared by class name (the CLI prints the defining module)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), where
+        for key, value in expected.items():
+            assert key in actual, f"{where}.{key} missing from the resolved config"
+            if key == "class_path":
+                assert str(actual[key]).rsplit(".", 1)[-1] == str(value).rsplit(".", 1)[-1], f"{where}.{key}"
+            else:
+                assert_contains(value, actual[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            assert_contains(e, a, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected), where
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)

@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from audio_ssl.evaluation.plots import confusion_matrix_figure  # noqa: E402
 from audio_ssl.evaluation.run_store import (  # noqa: E402
     ANALYSIS_DIR,
     finished_folds,
@@ -35,6 +34,7 @@ from audio_ssl.evaluation.run_store import (  # noqa: E402
     summary_path,
 )
 from audio_ssl.utils.io import atomic_write  # noqa: E402
+from audio_ssl.utils.plots import confusion_matrix_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
 

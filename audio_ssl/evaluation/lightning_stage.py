@@ -28,6 +28,7 @@ from audio_ssl.evaluation.fold import (
 from audio_ssl.evaluation.tracking import logger_spec
 from audio_ssl.utils.distributed import barrier, is_rank_zero
 from audio_ssl.utils.io import atomic_write
+from audio_ssl.utils.provenance import CHECKPOINT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -92,35 +93,31 @@ def fit_stage(args: list[str], stage_dir: Path, before_fit: Callable[[object], N
     last = stage_dir / "checkpoints" / "last.ckpt"
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if last.exists() else None)
     epochs = int(cli.trainer.current_epoch)
-    describe = getattr(cli.model, "checkpoint_metadata", None)  # self-description, as in Lightning checkpoints
     # DDP: every rank holds the same weights; rank 0 writes, the others wait until the file is there.
     if is_rank_zero():
         with atomic_write(final) as fh:
             torch.save({"state_dict": cli.model.state_dict(), "epoch": epochs,
                         "global_step": int(cli.trainer.global_step),
-                        **({"audio_ssl": describe()} if callable(describe) else {})}, fh)
+                        CHECKPOINT_KEY: cli.model.checkpoint_metadata()}, fh)
     barrier()
     return cli, epochs
 
 
 def evaluate_stage(cli, description: ResultDescription | None = None) -> FoldOutput:
     """Test the CLI's model on its held-out fold with its current (final) weights; per-clip predictions from
-    ``model.test_outputs`` (SupervisedClassifier) or ``predict_step`` outputs ``{"index", "probs"}``.
+    ``model.test_outputs`` (the method contract of :class:`~audio_ssl.methods.base.BaseMethod`).
     The output's description is ``description`` with the dataset and the device filled in."""
     import dataclasses
 
 
     model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
+    if not model.classifies:
+        raise ValueError(f"{type(model).__name__} produces no class probabilities on the test fold (classifies = "
+                         "False): evaluate it with pipeline: pretrain_probe")
     datamodule.setup("test")
     test_set = datamodule.test_set
-    if hasattr(model, "test_outputs"):
-        trainer.test(model, datamodule=datamodule, verbose=False)
-        outputs = model.test_outputs
-    else:
-        outputs = trainer.predict(model, datamodule=datamodule)
-    if not outputs or "probs" not in outputs[0]:
-        raise ValueError(f"{type(model).__name__} produces no class probabilities on the test fold (neither "
-                         "test_outputs nor predict_step's 'probs'): evaluate it with pipeline: pretrain_probe")
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    outputs = model.test_outputs
     index, probs = gather_clip_outputs(outputs)  # DDP: every rank's shard (a collective); repeats dropped
     if index.tolist() != list(range(len(test_set))):
         raise RuntimeError(f"the test loop saw {len(index)} clips, not each of the {len(test_set)} test clips once")
@@ -140,7 +137,7 @@ def fit_and_test(args: list[str], stage_dir: Path, label: str = "fit") -> tuple[
     start = time.perf_counter()
     cli, epochs = fit_stage(args, stage_dir)
     model = cli.model
-    init = getattr(model, "init_encoder_from", None)
+    init = model.init_encoder_from
     description = ResultDescription(
         method=type(model).__name__,
         encoder=describe_encoder(model),

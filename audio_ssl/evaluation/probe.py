@@ -369,17 +369,12 @@ def _model_and_data_from_checkpoint(path: Path, meta: dict, test_fold: int, data
             "clip_seconds": data_meta["clip_seconds"], "cache_dir": cache_dir}
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(FoldAudioDataModule, "data")
-    parser.add_subclass_arguments(BaseMethod, "model")
-    model_block = dict(meta["model_config"])
-    model_block["init_args"] = {**(model_block.get("init_args") or {}), "num_classes": int(meta["num_classes"]),
-                                "sample_rate": int(meta["sample_rate"])}
     try:
         dm = parser.instantiate_classes(parser.parse_object(
             {"data": {"class_path": data_meta["class_path"], "init_args": init}})).data
-        model = parser.instantiate_classes(parser.parse_object({"model": model_block})).model
     except Exception as err:
         raise ValueError(f"{path}: cannot rebuild the model and data it describes ({err})") from err
-    return model, dm
+    return BaseMethod.from_metadata(meta, str(path)), dm
 
 
 def run_probe_command(args: argparse.Namespace, extra: list[str]) -> dict:

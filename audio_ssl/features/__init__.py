@@ -2,6 +2,7 @@
 
 from audio_ssl.features.augment import Mixup, RandomGain, RandomTimeShift, SpecAugment, mix_batch
 from audio_ssl.features.logmel import LogMelSpectrogram
+from audio_ssl.features.views import BYOLAViews, ViewAugmentation
 
 __all__ = [
     "LogMelSpectrogram",
@@ -9,5 +10,7 @@ __all__ = [
     "RandomGain",
     "RandomTimeShift",
     "SpecAugment",
+    "BYOLAViews",
+    "ViewAugmentation",
     "mix_batch",
 ]

@@ -43,7 +43,12 @@ from torch import Tensor, nn
 from audio_ssl.features.augment import RandomTimeShift
 
 __all__ = [
+    "BYOLAViews",
     "ViewAugmentation",
+    "batch_standardize",
+    "log_mixup_exp",
+    "random_crop",
+    "sample_virtual_crop_params",
     "crop_windows",
     "derangement",
     "mix_in",
@@ -96,6 +101,26 @@ def sample_crop_starts(wave: Tensor, length: int, tries: int = 1, min_energy: fl
     first_ok = ok.int().argmax(1)  # first True (0 when none)
     choice = torch.where(ok.any(1), first_ok, energy.argmax(1))
     return candidates.gather(1, choice.unsqueeze(1)).squeeze(1)
+
+
+def random_crop(wave: Tensor, length: int | None, tries: int = 1, min_energy: float = 0.0,
+                owner: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    """Random contiguous windows of ``length`` samples of ``wave [B, T]`` (:func:`sample_crop_starts`):
+    ``(crops [B, length], starts [B])``; ``length`` None or ``T``: the clips themselves. Raises ValueError for a
+    batch that is not ``[B, T]`` or a window longer than the clips (the message names ``owner``'s settings)."""
+    who = type(owner).__name__ if owner is not None else "random_crop"
+    if wave.dim() != 2:
+        raise ValueError(f"{who} expects a [B, T] waveform batch, got shape {tuple(wave.shape)}")
+    total = wave.shape[1]
+    if length is None or length == total:
+        return wave, torch.zeros(wave.shape[0], dtype=torch.long, device=wave.device)
+    if length > total:
+        rate = getattr(owner, "sample_rate", None)
+        seconds = f" = {total / rate:g} s" if rate else ""
+        raise ValueError(f"{who}: crop_seconds={getattr(owner, 'crop_seconds', None)} ({length} samples) is longer "
+                         f"than the clips ({total} samples{seconds}); lower crop_seconds or raise clip_seconds")
+    starts = sample_crop_starts(wave, length, tries, min_energy)
+    return crop_windows(wave, starts, length), starts
 
 
 def derangement(n: int, device: torch.device | str | None = None) -> Tensor:
@@ -153,9 +178,11 @@ def sample_resized_crop_params(
     return params
 
 
-def resized_crop(spec: Tensor, params: Tensor) -> Tensor:
+def resized_crop(spec: Tensor, params: Tensor, padding_mode: str = "border") -> Tensor:
     """Crop the region described by ``params [B, 4]`` (see :func:`sample_resized_crop_params`) out of
-    ``spec [B, C, F, T]`` and resize it back to ``F x T`` (bilinear; border values repeat at the edges).
+    ``spec [B, C, F, T]`` and resize it back to ``F x T`` (bilinear; outside the spectrogram, e.g. for the
+    regions of :func:`sample_virtual_crop_params`, ``padding_mode`` ``"border"`` repeats the edges and
+    ``"zeros"`` reads zeros).
 
     Equals ``F.interpolate(region, (F, T), mode="bilinear", align_corners=False)`` of the pixel-aligned
     region, except that the outermost output rows/columns interpolate with the true neighbours outside
@@ -169,9 +196,52 @@ def resized_crop(spec: Tensor, params: Tensor) -> Tensor:
         [torch.stack([time_frac, zeros, time_c], 1), torch.stack([zeros, freq_frac, freq_c], 1)], dim=1
     )  # [B, 2, 3]: x (last axis) is time, y is frequency
     grid = F.affine_grid(theta, list(spec.shape), align_corners=False)
-    return F.grid_sample(spec.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(
+    return F.grid_sample(spec.float(), grid, mode="bilinear", padding_mode=padding_mode, align_corners=False).to(
         spec.dtype
     )
+
+
+def sample_virtual_crop_params(
+    batch: int,
+    freq_scale: tuple[float, float] = (0.6, 1.5),
+    time_scale: tuple[float, float] = (0.6, 1.5),
+    virtual_scale: tuple[float, float] = (1.0, 1.5),
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """BYOL-A's random resize crop (Niizumi et al., 2021, Sec. 3.3) as :func:`resized_crop` parameters ``[B, 4]``.
+
+    The spectrogram sits in the middle of a zero "virtual" canvas ``virtual_scale`` = (frequency, time) times
+    its size; a region whose sides are uniform fractions ``freq_scale`` / ``time_scale`` of the spectrogram's
+    (clipped to the canvas) is taken at a uniform position inside the canvas. Fractions above 1 zoom out; use
+    ``resized_crop(spec, params, padding_mode="zeros")``.
+    """
+    for name, (low, high) in (("freq_scale", freq_scale), ("time_scale", time_scale)):
+        if not 0 < low <= high:
+            raise ValueError(f"virtual crop: {name} must satisfy 0 < min <= max, got {(low, high)}")
+    if min(virtual_scale) < 1:
+        raise ValueError(f"virtual crop: virtual_scale must be >= 1 on both axes, got {tuple(virtual_scale)}")
+    v_f, v_t = (float(v) for v in virtual_scale)
+    freq_frac = torch.empty(batch, device=device).uniform_(*freq_scale).clamp(max=v_f)
+    time_frac = torch.empty(batch, device=device).uniform_(*time_scale).clamp(max=v_t)
+    freq_c = (torch.rand(batch, device=device) * 2 - 1) * (v_f - freq_frac)
+    time_c = (torch.rand(batch, device=device) * 2 - 1) * (v_t - time_frac)
+    return torch.stack([time_frac, freq_frac, time_c, freq_c], dim=1)
+
+
+def log_mixup_exp(spec: Tensor, background: Tensor, ratio: Tensor) -> Tensor:
+    """BYOL-A's mixup of log-mel spectrograms in the linear domain: ``log((1 - r) e^x + r e^y)`` per example,
+    for ``spec``, ``background`` ``[B, C, F, T]`` and ``ratio [B]`` in ``[0, 1)`` (computed as a stable
+    ``logaddexp``)."""
+    r = ratio.to(spec.dtype).view(-1, *([1] * (spec.dim() - 1)))
+    return torch.logaddexp(torch.log1p(-r) + spec, torch.log(r) + background)
+
+
+def batch_standardize(spec: Tensor, eps: float = 1e-5) -> Tensor:
+    """Zero mean and unit variance over a whole batch ``[B, C, F, T]`` per channel (BYOL-A's post-normalisation)."""
+    dims = [0, *range(2, spec.dim())]
+    mean = spec.mean(dims, keepdim=True)
+    std = spec.std(dims, keepdim=True)
+    return (spec - mean) / (std + eps)
 
 
 def spec_mask(
@@ -191,6 +261,15 @@ def spec_mask(
 # ----------------------------------------------------------------------------- the whole pipeline
 
 
+def bind_sample_rate(views: nn.Module, sample_rate: int) -> nn.Module:
+    """Give ``views`` (a module with a ``sample_rate`` attribute, ``None`` = not set yet) the method's rate."""
+    if views.sample_rate is not None and views.sample_rate != sample_rate:
+        raise ValueError(f"{type(views).__name__} was built for {views.sample_rate} Hz but the method runs at "
+                         f"sample_rate={sample_rate}: leave the views' sample_rate unset (the method sets it)")
+    views.sample_rate = int(sample_rate)
+    return views
+
+
 def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
     low, high = (float(v) for v in value)
     if low > high:
@@ -202,8 +281,11 @@ class ViewAugmentation(nn.Module):
     """One random view per call: crop, gain, background mix and shift on the waveform; then (after the
     caller's front end) random resized crop and SpecAugment on the log-mel. See the module docstring.
 
+    A method takes one as its ``views`` argument and calls :meth:`pair`; :meth:`bind` gives it the method's
+    sample rate, so a recipe states the rate once (on the data module).
+
     Args:
-        sample_rate: Rate of the input waveforms (for ``crop_seconds``).
+        sample_rate: Rate of the input waveforms (for ``crop_seconds``); ``None``: set by :meth:`bind`.
         crop_seconds: Length of each view; ``None`` keeps the whole clip. Must not exceed the clip.
         strength: Scales every augmentation range (0 disables them all, the crop excepted).
         gain_db: Random gain in ``[-gain_db, gain_db]`` dB (times ``strength``).
@@ -223,7 +305,7 @@ class ViewAugmentation(nn.Module):
 
     def __init__(
         self,
-        sample_rate: int = 16000,
+        sample_rate: int | None = None,
         crop_seconds: float | None = 3.0,
         strength: float = 1.0,
         gain_db: float = 6.0,
@@ -241,7 +323,7 @@ class ViewAugmentation(nn.Module):
         crop_min_energy: float = 0.0,
     ) -> None:
         super().__init__()
-        if sample_rate <= 0:
+        if sample_rate is not None and sample_rate <= 0:
             raise ValueError(f"ViewAugmentation: sample_rate must be positive, got {sample_rate}")
         if crop_seconds is not None and crop_seconds <= 0:
             raise ValueError(f"ViewAugmentation: crop_seconds must be positive or None, got {crop_seconds}")
@@ -278,10 +360,24 @@ class ViewAugmentation(nn.Module):
         self.rrc_scale, self.rrc_ratio, self.rrc_prob = scale, ratio, float(rrc_prob)
         self.crop_tries, self.crop_min_energy = crop_tries, float(crop_min_energy)
 
+    def bind(self, sample_rate: int) -> ViewAugmentation:
+        """Set the waveforms' rate (the method's ``sample_rate``); returns ``self``. Raises ValueError when
+        the views were built for another rate."""
+        return bind_sample_rate(self, sample_rate)
+
+    def pair(self, wave: Tensor, frontend: nn.Module) -> tuple[Tensor, Tensor]:
+        """Two independent views ``[B, 1, F, T']`` of each clip of ``wave [B, T]`` (SimCLR: separate crops)."""
+        return self(wave, frontend), self(wave, frontend)
+
     # ------------------------------------------------------------------ effective ranges at this strength
     @property
     def crop_samples(self) -> int | None:
-        return None if self.crop_seconds is None else round(self.crop_seconds * self.sample_rate)
+        if self.crop_seconds is None:
+            return None
+        if self.sample_rate is None:
+            raise ValueError("ViewAugmentation: crop_seconds needs the sample rate: pass the views to a method "
+                             "(which calls bind) or set sample_rate")
+        return round(self.crop_seconds * self.sample_rate)
 
     def effective_rrc(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
         """``(scale, ratio)`` ranges after scaling by ``strength``; None when the crop is the identity."""
@@ -295,19 +391,7 @@ class ViewAugmentation(nn.Module):
     # ------------------------------------------------------------------ stages
     def crop(self, wave: Tensor) -> tuple[Tensor, Tensor]:
         """Random contiguous windows of ``crop_seconds``: ``(crops [B, L], starts [B])``."""
-        if wave.dim() != 2:
-            raise ValueError(f"ViewAugmentation expects a [B, T] waveform batch, got shape {tuple(wave.shape)}")
-        length = self.crop_samples
-        total = wave.shape[1]
-        if length is None or length == total:
-            return wave, torch.zeros(wave.shape[0], dtype=torch.long, device=wave.device)
-        if length > total:
-            raise ValueError(
-                f"ViewAugmentation: crop_seconds={self.crop_seconds} ({length} samples) is longer than the clips "
-                f"({total} samples = {total / self.sample_rate:g} s); lower crop_seconds or raise clip_seconds"
-            )
-        starts = sample_crop_starts(wave, length, self.crop_tries, self.crop_min_energy)
-        return crop_windows(wave, starts, length), starts
+        return random_crop(wave, self.crop_samples, self.crop_tries, self.crop_min_energy, self)
 
     def augment_waveform(self, wave: Tensor) -> Tensor:
         """Gain, background mix (partners from this batch) and circular time shift of ``[B, L]`` crops."""
@@ -353,3 +437,107 @@ class ViewAugmentation(nn.Module):
             f"rrc_ratio={self.rrc_ratio}, rrc_prob={self.rrc_prob}, crop_tries={self.crop_tries}, "
             f"crop_min_energy={self.crop_min_energy}"
         )
+
+
+class BYOLAViews(nn.Module):
+    """BYOL-A's pair of views (Niizumi et al., 2021, "BYOL for Audio", Fig. 2 and Sec. 3): one random crop of each
+    clip, its log-mel (the method's front end, whose per-clip normalisation stands for BYOL-A's pre-normalisation),
+    then twice, independently: mixup with a background sound, random resize crop and post-normalisation.
+
+    1. **crop** (:func:`random_crop`): one window of ``crop_seconds`` per clip, shared by both views.
+    2. **mixup** (:func:`log_mixup_exp`): a spectrogram drawn from a FIFO memory of the last ``memory_size``
+       clips (earlier batches, not augmented) is mixed in the linear domain with ratio uniform in
+       ``[0, mixup_ratio)``; nothing is mixed while the memory is empty. The memory is not in checkpoints.
+    3. **random resize crop** (:func:`sample_virtual_crop_params`, bilinear, zero canvas).
+    4. **post-normalisation** (:func:`batch_standardize`) over the batch, when ``post_norm``.
+
+    Args:
+        sample_rate: Rate of the waveforms; ``None``: set by the method (:meth:`bind`).
+        crop_seconds, crop_tries, crop_min_energy: the crop, as in :class:`ViewAugmentation`.
+        mixup_ratio: Largest background ratio (BYOL-A: 0.4).
+        memory_size: Clips kept as backgrounds (BYOL-A: 2048).
+        freq_scale, time_scale, virtual_scale: the random resize crop (BYOL-A: (0.6, 1.5), (0.6, 1.5), (1.0, 1.5)).
+        post_norm: Standardise each view batch.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int | None = None,
+        crop_seconds: float | None = None,
+        crop_tries: int = 1,
+        crop_min_energy: float = 0.0,
+        mixup_ratio: float = 0.4,
+        memory_size: int = 2048,
+        freq_scale: tuple[float, float] = (0.6, 1.5),
+        time_scale: tuple[float, float] = (0.6, 1.5),
+        virtual_scale: tuple[float, float] = (1.0, 1.5),
+        post_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= mixup_ratio < 1.0:
+            raise ValueError(f"BYOLAViews: mixup_ratio must be in [0, 1), got {mixup_ratio}")
+        if memory_size < 1 or crop_tries < 1:
+            raise ValueError(f"BYOLAViews: memory_size and crop_tries must be >= 1, got {memory_size}, {crop_tries}")
+        if crop_seconds is not None and crop_seconds <= 0:
+            raise ValueError(f"BYOLAViews: crop_seconds must be positive or None, got {crop_seconds}")
+        sample_virtual_crop_params(1, freq_scale, time_scale, virtual_scale)  # validates the ranges
+        self.sample_rate = sample_rate
+        self.crop_seconds, self.crop_tries, self.crop_min_energy = crop_seconds, crop_tries, float(crop_min_energy)
+        self.mixup_ratio, self.memory_size = float(mixup_ratio), int(memory_size)
+        self.freq_scale, self.time_scale = tuple(freq_scale), tuple(time_scale)
+        self.virtual_scale = tuple(virtual_scale)
+        self.post_norm = post_norm
+        self.memory: Tensor | None = None
+        """The background memory ``[M, C, F, T]`` (``M <= memory_size``), newest last."""
+
+    def bind(self, sample_rate: int) -> BYOLAViews:
+        """Set the waveforms' rate (the method's ``sample_rate``); returns ``self``."""
+        return bind_sample_rate(self, sample_rate)
+
+    @property
+    def crop_samples(self) -> int | None:
+        if self.crop_seconds is None:
+            return None
+        if self.sample_rate is None:
+            raise ValueError("BYOLAViews: crop_seconds needs the sample rate: pass the views to a method")
+        return round(self.crop_seconds * self.sample_rate)
+
+    def remember(self, spec: Tensor) -> None:
+        """Append ``spec [B, C, F, T]`` (detached) to the background memory, keeping the newest ``memory_size``."""
+        spec = spec.detach()
+        keep = spec if self.memory is None or self.memory.shape[1:] != spec.shape[1:] else torch.cat([self.memory, spec])
+        self.memory = keep[-self.memory_size:]
+
+    def mixup(self, spec: Tensor) -> Tensor:
+        """Mix a random remembered clip into each example (unchanged while the memory is empty)."""
+        memory = self.memory
+        if self.mixup_ratio == 0 or memory is None or memory.shape[1:] != spec.shape[1:]:
+            return spec
+        pick = torch.randint(0, len(memory), (len(spec),), device=spec.device)
+        ratio = torch.rand(len(spec), device=spec.device) * self.mixup_ratio
+        return log_mixup_exp(spec, memory.to(spec.device)[pick], ratio)
+
+    def augment(self, spec: Tensor) -> Tensor:
+        """One view of a log-mel batch ``[B, C, F, T]``: mixup, random resize crop, post-normalisation."""
+        if spec.dim() != 4:
+            raise ValueError(f"BYOLAViews expects a [B, C, F, T] spectrogram, got shape {tuple(spec.shape)}")
+        spec = self.mixup(spec)
+        params = sample_virtual_crop_params(len(spec), self.freq_scale, self.time_scale, self.virtual_scale,
+                                            device=spec.device)
+        spec = resized_crop(spec, params, padding_mode="zeros")
+        return batch_standardize(spec) if self.post_norm else spec
+
+    def pair(self, wave: Tensor, frontend: nn.Module) -> tuple[Tensor, Tensor]:
+        """Two views ``[B, 1, F, T']`` of one crop of each clip of ``wave [B, T]``; in training mode the clean
+        crops' log-mels then join the background memory."""
+        crops, _ = random_crop(wave, self.crop_samples, self.crop_tries, self.crop_min_energy, self)
+        spec = frontend(crops)
+        views = self.augment(spec), self.augment(spec)
+        if self.training:  # validation views (under a fixed seed) leave the memory alone
+            self.remember(spec)
+        return views
+
+    def extra_repr(self) -> str:
+        return (f"crop_seconds={self.crop_seconds}, mixup_ratio={self.mixup_ratio}, memory_size={self.memory_size}, "
+                f"freq_scale={self.freq_scale}, time_scale={self.time_scale}, virtual_scale={self.virtual_scale}, "
+                f"post_norm={self.post_norm}")

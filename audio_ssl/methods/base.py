@@ -1,17 +1,43 @@
-"""The base every method stands on: the on-device front end, optimizer groups and schedules, the online
-linear probe, the kNN monitor and grouped metric names (``train/...``, ``val/...``, ``test/...``)."""
+"""The base every method stands on, and the contract between a method and the rest of the package.
+
+What a method provides (the CLI, the cross-validation pipelines, ``probe``, ``classify`` and the tests rely on
+these names and nothing else):
+
+=========================  ==========================================================================================
+``encoder``                the network being learned, an ``nn.Module`` with an integer ``out_dim``
+                           (``embedding_dim``); ``init_encoder_from`` and ``load_encoder_weights`` copy ``encoder.*``
+``embed(audio)``           clip embeddings ``[B, D]`` of raw waveforms ``[B, T]`` (float, the data's sample rate),
+                           no augmentation; what linear probes and kNN use
+``classifies``             ``True`` when the method has a trained classifier; then ``predict_proba(audio)`` gives
+                           class probabilities ``[B, num_classes]`` (rows sum to 1), ``predict_step`` returns
+                           ``{"index", "probs"}`` and ``test_outputs`` holds the last test epoch's per-clip
+                           ``{"index", "label", "probs"}`` (this process's clips). Otherwise ``predict_proba``
+                           raises NotImplementedError and the method is evaluated with ``pipeline: pretrain_probe``
+checkpoints                ``state_dict`` (every weight, teachers and probes included), ``hyper_parameters`` and
+                           ``checkpoint["audio_ssl"]`` = :meth:`checkpoint_metadata`; :meth:`from_checkpoint`
+                           rebuilds the method from a checkpoint alone
+=========================  ==========================================================================================
+
+Shared machinery, so that a method file holds only its objective: the on-device front end (``frontend``), optimizer
+groups and schedules, the online probe and kNN monitor (:mod:`audio_ssl.methods.monitors`, fed by
+:meth:`BaseMethod.monitor_step`), BatchNorm over processes (``sync_batchnorm``) and grouped metric names
+(``train/...``, ``val/...``, ``test/...``). A momentum teacher is in :mod:`audio_ssl.methods.momentum`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+from typing import ClassVar
+
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from audio_ssl.evaluation.knn import knn_predict
-from audio_ssl.evaluation.metrics import WeightedMean
 from audio_ssl.features.logmel import LogMelSpectrogram
-from audio_ssl.utils.distributed import all_gather_no_grad
+from audio_ssl.methods.metrics import WeightedMean
+from audio_ssl.methods.monitors import KNNMonitor, OnlineProbe
+from audio_ssl.utils.distributed import convert_sync_batchnorm
 from audio_ssl.utils.optim import build_optimizer, build_scheduler, split_decay
 from audio_ssl.utils.provenance import (
     CHECKPOINT_KEY,
@@ -35,7 +61,8 @@ def load_prefixed_weights(module: nn.Module, state: dict, source: str, prefix: s
 
 
 class BaseMethod(L.LightningModule):
-    """Shared machinery; subclasses define ``training_step`` and what the encoder is.
+    """Shared machinery and the method contract (see the module docstring); subclasses set ``self.encoder`` and
+    define ``training_step``.
 
     Batches arrive from the data workers as raw waveforms (``batch["audio"]``, [B, T]). After the
     transfer to the device, :meth:`on_after_batch_transfer` calls :meth:`train_transform` (training)
@@ -49,8 +76,19 @@ class BaseMethod(L.LightningModule):
     Monitors for self-supervised methods (labels never reach the encoder): ``online_probe`` trains a
     linear classifier on detached embeddings in its own parameter group; ``knn_k > 0`` reports a
     weighted kNN accuracy on the validation set each epoch, using the embeddings of that epoch's
-    training batches as the memory bank.
+    training batches as the memory bank. A method feeds both with :meth:`monitor_step`.
+
+    Several processes: with ``sync_batchnorm`` every BatchNorm of the method (front end excepted) computes its
+    statistics over the global batch when ``trainer.world_size > 1`` (see
+    :func:`audio_ssl.utils.distributed.convert_sync_batchnorm`); self-supervised methods turn it on, since a
+    per-process BatchNorm lets a network tell which clips share a process.
     """
+
+    classifies: ClassVar[bool] = False
+    """Whether :meth:`predict_proba`, ``predict_step`` and ``test_outputs`` give class probabilities."""
+
+    encoder: nn.Module
+    """The network being learned (an ``out_dim`` attribute gives its embedding size); set by every subclass."""
 
     def __init__(
         self,
@@ -69,6 +107,7 @@ class BaseMethod(L.LightningModule):
         probe_lr: float = 1e-3,
         knn_k: int = 0,
         knn_temperature: float = 0.07,
+        sync_batchnorm: bool = False,
         init_encoder_from: str | None = None,
     ):
         super().__init__()
@@ -86,17 +125,28 @@ class BaseMethod(L.LightningModule):
         self.scale_lr_with_batch = scale_lr_with_batch
         self.probe_lr = probe_lr
         self.use_online_probe = online_probe
-        self.online_probe: nn.Linear | None = None
+        self.online_probe: OnlineProbe | None = None
         self.knn_k, self.knn_temperature = knn_k, knn_temperature
+        self.knn = KNNMonitor(num_classes, knn_k, knn_temperature) if knn_k > 0 and num_classes else None
+        self.sync_batchnorm = sync_batchnorm
         self.init_encoder_from = init_encoder_from
-        self._knn_bank: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._knn_val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.test_outputs: list[dict] = []
+        """Classifiers: per-clip ``{"index" [B], "label" [B], "probs" [B, C]}`` of the last test epoch (CPU)."""
         self._epoch_means = nn.ModuleDict()  # log_metrics' MeanMetrics, by logged name, created on first use
 
     # ------------------------------------------------------------------ initialisation from a pretraining run
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.init_encoder_from:
             self.load_encoder_weights(self.init_encoder_from)
+        if self.sync_batchnorm and self._trainer is not None and self.trainer.world_size > 1:
+            self.convert_sync_batchnorm(self.trainer.strategy.root_device.type)
+
+    def convert_sync_batchnorm(self, device_type: str = "cuda") -> None:
+        """Synchronise every BatchNorm of the method's networks (all children but the front end) over all
+        processes; ``device_type`` is where training runs (``"cpu"``: :class:`CrossProcessBatchNorm`)."""
+        for name, child in list(self.named_children()):
+            if child is not self.frontend:
+                setattr(self, name, convert_sync_batchnorm(child, device_type))
 
     def load_encoder_weights(self, checkpoint: str) -> None:
         """Copy ``encoder.*`` weights from a Lightning checkpoint of another method (e.g. a SimCLR run) into
@@ -140,7 +190,50 @@ class BaseMethod(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
 
+    @staticmethod
+    def from_metadata(meta: dict, source: str = "<checkpoint>") -> BaseMethod:
+        """A new (untrained) method as described by a checkpoint's ``checkpoint["audio_ssl"]``: its resolved model
+        config with the recorded number of classes and sample rate. Raises ValueError when ``meta`` has no model
+        description (a checkpoint saved outside the audio-ssl CLI) or it cannot be instantiated (``source``
+        names the checkpoint in the message)."""
+        from jsonargparse import ArgumentParser
+
+        if not meta.get("model_config"):
+            raise ValueError(f"{source}: this checkpoint does not describe its model (saved before audio-ssl stored "
+                             "it, or outside the audio-ssl CLI)")
+        block = dict(meta["model_config"])
+        block["init_args"] = {**(block.get("init_args") or {}), "num_classes": int(meta["num_classes"]),
+                              "sample_rate": int(meta["sample_rate"])}
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_subclass_arguments(BaseMethod, "model")
+        try:
+            model = parser.instantiate_classes(parser.parse_object({"model": block})).model
+        except Exception as err:
+            raise ValueError(f"{source}: cannot rebuild the model it describes ({err})") from err
+        model.model_config = meta["model_config"]
+        return model
+
+    @staticmethod
+    def from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> BaseMethod:
+        """The method a checkpoint describes, with its weights: :meth:`from_metadata` (no YAML needed), then
+        ``state_dict`` loaded strictly. Raises ValueError as :meth:`from_metadata` does."""
+        from audio_ssl.utils.provenance import checkpoint_metadata, read_checkpoint
+
+        checkpoint = read_checkpoint(Path(path))
+        model = BaseMethod.from_metadata(checkpoint_metadata(checkpoint), str(path))
+        model.load_state_dict(checkpoint["state_dict"])
+        return model.to(map_location)
+
     # ------------------------------------------------------------------ features on the device
+    @contextlib.contextmanager
+    def seeded(self, seed: int):
+        """Run a block with the global RNGs of this device seeded by ``seed``, restoring them afterwards (e.g. the
+        same validation views every epoch)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         batch["audio"] = batch["audio"].float()  # the loaders ship float16 waveforms
         return self.train_transform(batch) if self.training else self.eval_transform(batch)
@@ -152,48 +245,60 @@ class BaseMethod(L.LightningModule):
         batch["spec"] = self.frontend(batch["audio"])
         return batch
 
+    # ------------------------------------------------------------------ the contract
+    @property
+    def embedding_dim(self) -> int:
+        """``D`` of :meth:`embed` (the encoder's ``out_dim``)."""
+        return int(self.encoder.out_dim)
+
     def embed(self, audio: torch.Tensor) -> torch.Tensor:
-        """Clip embeddings [B, D] from raw waveforms [B, T], without augmentation: what probes and kNN use.
+        """Clip embeddings ``[B, D]`` from raw waveforms ``[B, T]``, without augmentation: what probes and kNN use.
 
         Methods whose encoder is not ``self.encoder`` applied to ``self.frontend`` override this.
         """
         return self.encoder(self.frontend(audio))
 
+    def predict_proba(self, audio: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[B, num_classes]`` (rows sum to 1) of raw waveforms ``[B, T]``.
+
+        Only methods with ``classifies = True`` implement it; raises NotImplementedError otherwise."""
+        raise NotImplementedError(f"{type(self).__name__} does not classify (classifies = False): probe its "
+                                  "embeddings instead (pipeline: pretrain_probe, or audio-ssl probe)")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """``{"index": [B], "probs": [B, num_classes]}`` for a batch of the predict loader (classifiers only)."""
+        return {"index": batch["index"], "probs": self.predict_proba(batch["audio"])}
+
     # ------------------------------------------------------------------ monitors
     def setup_online_probe(self, embedding_dim: int) -> None:
         """Subclasses call this once they know the embedding size."""
         if self.use_online_probe and self.num_classes:
-            self.online_probe = nn.Linear(embedding_dim, self.num_classes)
+            self.online_probe = OnlineProbe(embedding_dim, self.num_classes)
 
-    def online_probe_step(self, embeddings: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
-        """Cross-entropy of the probe on detached embeddings (0 when the probe is off)."""
+    def monitor_step(self, embeddings: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
+        """Feed the monitors: the online probe on every row of ``embeddings [V * B, D]`` (``V`` views of ``B``
+        clips, view-major; labels ``[B]`` repeated) and the kNN bank (``stage == "train"``) or queries on the
+        first view. Logs ``{stage}/online_probe_loss`` and ``..._acc``; returns the probe's loss (0 when off),
+        which the caller adds to its own (the embeddings are detached inside, so the encoder's gradient does
+        not change). Test embeddings feed the probe only."""
+        views = len(embeddings) // len(labels)
+        if self.knn is not None and stage in ("train", "val"):
+            self.knn.collect(embeddings[: len(labels)], labels, stage)
         if self.online_probe is None:
             return embeddings.new_zeros(())
-        logits = self.online_probe(embeddings.detach())
-        loss = F.cross_entropy(logits, labels)
-        acc = (logits.argmax(1) == labels).float().mean()
-        self.log_metrics(stage, {"online_probe_loss": loss, "online_probe_acc": acc}, batch_size=len(labels))
+        loss, metrics = self.online_probe.step(embeddings, labels.repeat(views))
+        self.log_metrics(stage, metrics, batch_size=len(labels) * views)
         return loss
 
-    def knn_collect(self, embeddings: torch.Tensor, labels: torch.Tensor, stage: str) -> None:
-        if self.knn_k <= 0:
-            return
-        target = self._knn_bank if stage == "train" else self._knn_val
-        target.append((embeddings.detach().float(), labels.detach()))
-
     def on_train_epoch_start(self) -> None:
-        self._knn_bank.clear()
+        if self.knn is not None:
+            self.knn.reset_bank()
 
     def on_validation_epoch_end(self) -> None:
-        if self.knn_k > 0 and self._knn_bank and self._knn_val:
-            bank_x = all_gather_no_grad(torch.cat([x for x, _ in self._knn_bank]))
-            bank_y = all_gather_no_grad(torch.cat([y for _, y in self._knn_bank]))
-            val_x = torch.cat([x for x, _ in self._knn_val])
-            val_y = torch.cat([y for _, y in self._knn_val])
-            scores = knn_predict(bank_x, bank_y, val_x, self.num_classes, self.knn_k, self.knn_temperature)
-            correct = (scores.argmax(1) == val_y).float()
-            self.log_metrics("val", {"knn_acc": correct.mean()}, batch_size=len(val_y))
-        self._knn_val.clear()
+        result = self.knn.compute() if self.knn is not None else None
+        if result is not None:
+            accuracy, count = result
+            self.log_metrics("val", {"knn_acc": accuracy}, batch_size=count)
 
     # ------------------------------------------------------------------ logging
     def log_metrics(self, stage: str, metrics: dict, batch_size: int, **kwargs) -> None:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
-import pandas as pd
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -45,7 +43,6 @@ __all__ = [
     "beats_layer_id",
     "beats_parameter_groups",
     "masked_mean",
-    "read_audioset_label_csv",
 ]
 
 MISSING_CHECKPOINT = (
@@ -171,24 +168,6 @@ def beats_parameter_groups(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# AudioSet labels
-# --------------------------------------------------------------------------------------------------------------
-
-
-def read_audioset_label_csv(path: str | Path) -> dict[str, str]:
-    """``mid -> display_name`` from AudioSet's ``class_labels_indices.csv`` (columns index, mid, display_name)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"AudioSet label file not found: {path} (class_labels_indices.csv)")
-    frame = pd.read_csv(path)
-    missing = [c for c in ("mid", "display_name") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; found {list(frame.columns)} "
-                         "(expected AudioSet's class_labels_indices.csv: index,mid,display_name)")
-    return dict(zip(frame["mid"].astype(str), frame["display_name"].astype(str)))
-
-
-# --------------------------------------------------------------------------------------------------------------
 # The LightningModule
 # --------------------------------------------------------------------------------------------------------------
 
@@ -280,7 +259,6 @@ class BEATsClassifier(SupervisedClassifier):
             self.encoder.encoder.layerdrop = layerdrop
         self.augment_spec = freq_mask > 0 or time_mask > 0
         num_pooled = len(self.layers) if self.layers is not None else 1
-        self.embedding_dim = self.encoder.out_dim * num_pooled
         self.head = BEATsProbeHead(self.encoder.out_dim, num_pooled, num_classes, norm=head_norm, dropout=dropout)
         # The AudioSet predictor of a fine-tuned checkpoint is never trained here.
         if self.encoder.predictor is not None:
@@ -290,6 +268,11 @@ class BEATsClassifier(SupervisedClassifier):
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         self.train()
+
+    @property
+    def embedding_dim(self) -> int:
+        """``D`` of :meth:`embed`: the encoder width times the number of pooled hidden states."""
+        return self.encoder.out_dim * (len(self.layers) if self.layers is not None else 1)
 
     def _check_layers(self, layers: Sequence[int] | None) -> list[int] | None:
         """Validate ``layers`` against the encoder depth; returns non-negative hidden-state indices."""
@@ -360,45 +343,3 @@ class BEATsClassifier(SupervisedClassifier):
         if not self.freeze_encoder:
             groups += beats_parameter_groups(self.encoder, self.encoder_lr, self.weight_decay, self.layer_decay)
         return groups
-
-    # ------------------------------------------------------------------ AudioSet predictor
-    @property
-    def has_audioset_head(self) -> bool:
-        """Whether the checkpoint is a fine-tuned one with an AudioSet predictor."""
-        return self.encoder.predictor is not None
-
-    def audioset_proba(self, audio: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """AudioSet class probabilities ``[B, 527]`` (sigmoid) of a fine-tuned checkpoint's own predictor."""
-        if not self.has_audioset_head:
-            raise RuntimeError(f"{self.checkpoint} has no AudioSet predictor: audioset_proba needs a fine-tuned "
-                               "checkpoint (e.g. BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt)")
-        fbank, frame_mask = self.encoder.frontend(audio, padding_mask)
-        out = self.encoder.extract_features(fbank, frame_mask)
-        return torch.sigmoid(self.encoder.clip_logits(out.features, out.padding_mask))
-
-    def audioset_label_names(self, label_csv: str | Path | None = None) -> list[str]:
-        """Names of the predictor's classes, by index.
-
-        The checkpoint's ``label_dict`` maps index -> AudioSet label id (e.g. ``/m/09x0r``). Display names
-        need AudioSet's ``class_labels_indices.csv`` (not shipped with the checkpoint): pass its path to get
-        them; without it, or for ids missing from it, the ids are returned.
-        """
-        if not self.has_audioset_head:
-            raise RuntimeError(f"{self.checkpoint} has no AudioSet predictor (not a fine-tuned checkpoint)")
-        num = self.encoder.cfg.predictor_class
-        label_dict = self.encoder.label_dict or {}
-        ids = [str(label_dict.get(i, label_dict.get(str(i), i))) for i in range(num)]
-        if label_csv is None:
-            return ids
-        names = read_audioset_label_csv(label_csv)
-        return [names.get(i, i) for i in ids]
-
-    def audioset_topk(self, audio: Tensor, k: int = 5,
-                      label_csv: str | Path | None = None) -> list[list[tuple[str, float]]]:
-        """The ``k`` most probable AudioSet labels per clip, as ``(name or id, probability)`` pairs."""
-        probs = self.audioset_proba(audio)
-        names = self.audioset_label_names(label_csv)
-        top = probs.topk(min(k, probs.size(1)), dim=1)
-        return [[(names[i], float(p)) for p, i in zip(ps.tolist(), ids.tolist())]
-                for ps, ids in zip(top.values, top.indices)]
-

@@ -284,12 +284,11 @@ class MaskedTokenPrediction(BaseMethod):
 
     def _monitor(self, spec: Tensor, labels: Tensor, stage: str) -> Tensor:
         """Online probe and kNN bank on clip embeddings of the unmasked spectrogram (no gradient)."""
-        if self.online_probe is None and self.knn_k <= 0:
+        if self.online_probe is None and self.knn is None:
             return spec.new_zeros(())
         with torch.no_grad():
             emb = self.encoder(spec)
-        self.knn_collect(emb, labels, stage)
-        return self.online_probe_step(emb, labels, stage)
+        return self.monitor_step(emb, labels, stage)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self.masked_step(batch["spec"])

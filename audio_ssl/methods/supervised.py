@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio_ssl.evaluation.metrics import ClassificationScores
-from audio_ssl.evaluation.plots import log_confusion_matrix
 from audio_ssl.features.augment import Mixup, RandomGain, RandomTimeShift, SpecAugment
 from audio_ssl.methods.base import BaseMethod
+from audio_ssl.methods.metrics import ClassificationScores
 from audio_ssl.models.heads import ClassificationHead
 from audio_ssl.models.resnet import AudioResNet
+from audio_ssl.utils.plots import log_confusion_matrix
 
 
 class SupervisedClassifier(BaseMethod):
@@ -29,6 +29,8 @@ class SupervisedClassifier(BaseMethod):
     so they equal scikit-learn on the epoch's predictions. ``test_outputs`` holds this process's clips only;
     under DDP the CV runner gathers them.
     """
+
+    classifies = True
 
     def __init__(
         self,
@@ -61,7 +63,6 @@ class SupervisedClassifier(BaseMethod):
         self.tta_views = tta_views
         self.val_metrics = ClassificationScores(num_classes)
         self.test_metrics = ClassificationScores(num_classes)
-        self.test_outputs: list[dict] = []
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(spec))
@@ -103,7 +104,8 @@ class SupervisedClassifier(BaseMethod):
                       sync_dist=True, reduce_fx="max")
 
     def predict_proba(self, audio: torch.Tensor) -> torch.Tensor:
-        """Class probabilities for raw waveforms [B, T], averaged over ``tta_views`` circular shifts."""
+        """Class probabilities ``[B, num_classes]`` of raw waveforms ``[B, T]``: the softmax averaged over
+        ``tta_views`` circular shifts (evenly spaced over the clip)."""
         views = self.tta_views
         shifts = [round(i * audio.shape[-1] / views) for i in range(views)]
         probs = sum(F.softmax(self(self.frontend(torch.roll(audio, s, dims=-1))), dim=1) for s in shifts)
@@ -128,5 +130,3 @@ class SupervisedClassifier(BaseMethod):
         if self.trainer.is_global_zero and out_dir is not None:
             log_confusion_matrix(self.trainer, matrix, names, out_dir=out_dir)
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"index": batch["index"], "probs": self.predict_proba(batch["audio"])}

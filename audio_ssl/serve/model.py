@@ -108,7 +108,7 @@ class ServedModel:
         except (ValueError, OSError) as err:
             raise ModelNotServableError(str(err)) from None
         model = bundle.model
-        if not callable(getattr(model, "predict_proba", None)):
+        if not getattr(model, "classifies", callable(getattr(model, "predict_proba", None))):
             raise ModelNotServableError(
                 f"{checkpoint}: {type(model).__name__} is a self-supervised model without a classifier head, so there "
                 "are no classes to serve. Train a classifier on its encoder first (e.g. audio-ssl fit with "

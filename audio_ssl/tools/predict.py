@@ -45,7 +45,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -107,9 +107,13 @@ class ClassifierBundle:
         """Class names stored in the checkpoint (``None`` if it has none)."""
 
     def score(self, audio: torch.Tensor) -> torch.Tensor:
-        predict_proba: Callable | None = getattr(self.model, "predict_proba", None)
-        if callable(predict_proba):
-            return predict_proba(audio)
+        from audio_ssl.methods.base import BaseMethod
+
+        if isinstance(self.model, BaseMethod):  # the method contract: only a classifying method has classes
+            if not self.model.classifies:
+                raise ValueError(f"{type(self.model).__name__} does not classify (no classifier head): probe or "
+                                 "fine-tune its encoder first")
+            return self.model.predict_proba(audio)
         return torch.softmax(self.model(self.model.frontend(audio)), dim=1)
 
 

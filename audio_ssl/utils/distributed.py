@@ -11,6 +11,12 @@ NCCL, an all-to-all followed by a sum on Gloo). That is exactly the gradient of
 
 Note that ``torch.distributed.all_gather`` (without ``.nn``) returns tensors that are cut off from
 the graph; :func:`all_gather_no_grad` uses it on purpose for metrics and evaluation features.
+
+BatchNorm over processes
+------------------------
+:func:`convert_sync_batchnorm` makes every BatchNorm of a module compute its training statistics over the
+global batch (``nn.SyncBatchNorm`` on accelerators, :class:`CrossProcessBatchNorm` on CPU/Gloo). Methods
+ask for it with ``BaseMethod(sync_batchnorm=True)``.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["is_dist", "world_size", "rank", "gather_with_grad", "all_gather_no_grad", "process_rank", "is_rank_zero",
-           "barrier", "all_gather_objects", "broadcast_from_rank_zero"]
+           "barrier", "all_gather_objects", "broadcast_from_rank_zero", "CrossProcessBatchNorm",
+           "convert_sync_batchnorm"]
 
 
 def is_dist() -> bool:
@@ -117,3 +126,69 @@ def broadcast_from_rank_zero(obj: Any) -> Any:
     box = [obj if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# ---------------------------------------------------------------------------------------------- BatchNorm over processes
+class CrossProcessBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics span every process of the default group, for CPU (Gloo) runs.
+
+    ``torch.nn.SyncBatchNorm`` only runs on accelerators (and DDP refuses it on CPU modules). Here, in
+    training mode under a process group of more than one process, the batch mean and biased variance are
+    computed over all processes' batches with two all-reduces from ``torch.distributed.nn``, whose backward
+    passes sum every rank's gradient, so the gradients match one process on the concatenated batch. The
+    running statistics are updated with the unbiased global variance, as ``nn.SyncBatchNorm`` does. In a
+    single process or in eval mode it is a plain BatchNorm. Accepts ``[N, C, *]`` inputs.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"CrossProcessBatchNorm expects input of shape [N, C, *], got {tuple(input.shape)}")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        if not (self.training and world_size() > 1):
+            return super().forward(input)
+        dims = [0, *range(2, input.dim())]
+        shape = [1, input.shape[1]] + [1] * (input.dim() - 2)
+        count = torch.tensor([input.numel() / input.shape[1]], dtype=torch.float64)
+        dist.all_reduce(count)
+        total = count.item()
+        mean = dist_fn.all_reduce(input.sum(dims)) / total
+        centred = input - mean.view(shape)
+        var = dist_fn.all_reduce(centred.square().sum(dims)) / total
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.item()
+                unbiased = var * total / max(total - 1, 1)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def _to_cross_process(module: nn.Module) -> nn.Module:
+    out = module
+    if isinstance(module, _BatchNorm) and not isinstance(module, (CrossProcessBatchNorm, nn.SyncBatchNorm)):
+        out = CrossProcessBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias
+        if module.track_running_stats:
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, _to_cross_process(child))
+    return out
+
+
+def convert_sync_batchnorm(module: nn.Module, device_type: str = "cuda") -> nn.Module:
+    """Every ``BatchNorm*d`` of ``module`` synchronised over the default process group, parameters and
+    running statistics kept: ``nn.SyncBatchNorm`` on accelerators, :class:`CrossProcessBatchNorm` when
+    ``device_type == "cpu"``. Returns the module (a new one if ``module`` is itself a BatchNorm)."""
+    if device_type == "cpu":
+        return _to_cross_process(module)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)

@@ -282,31 +282,6 @@ def test_wrong_key_set_is_named(tmp_path: Path) -> None:
         BEATsClassifier(str(path))
 
 
-# ---------------------------------------------------------------------------------------------- AudioSet head
-def test_audioset_predictor_and_labels(tiny_ft_ckpt: Path, tmp_path: Path) -> None:
-    model = BEATsClassifier(str(tiny_ft_ckpt), num_classes=4).eval()
-    audio = _waves(2)
-    with torch.no_grad():
-        probs = model.audioset_proba(audio)
-        torch.testing.assert_close(probs, model.encoder.predict(audio))
-    assert probs.shape == (2, 6)
-    ids = model.audioset_label_names()
-    assert ids == [f"/m/random_{i}" for i in range(6)]
-    csv = tmp_path / "class_labels_indices.csv"
-    csv.write_text("index,mid,display_name\n" + "".join(f'{i},/m/random_{i},"Sound {i}"\n' for i in range(5)))
-    names = model.audioset_label_names(csv)
-    assert names == [f"Sound {i}" for i in range(5)] + ["/m/random_5"]  # ids missing from the CSV stay ids
-    top = model.audioset_topk(audio, k=3, label_csv=csv)
-    assert [n for n, _ in top[0]] == [names[i] for i in probs[0].topk(3).indices]
-    plain = BEATsClassifier(str(make_beats_checkpoint(tmp_path / "plain.pt")), num_classes=4)
-    with pytest.raises(RuntimeError, match="no AudioSet predictor"):
-        plain.audioset_proba(audio)
-    bad_csv = tmp_path / "bad.csv"
-    bad_csv.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="bad.csv.*mid"):
-        model.audioset_label_names(bad_csv)
-
-
 # ---------------------------------------------------------------------------------------------- cached probe
 def test_features_are_extracted_once_then_read_from_cache(tiny_ckpt, esc50_root, cache_dir, tmp_path) -> None:
     dm = ESC50DataModule(str(esc50_root), test_fold=1, num_workers=0, clip_seconds=1.0, cache_dir=str(cache_dir))

@@ -10,14 +10,15 @@ import lightning as L
 import pytest
 import torch
 from ddp_utils import run_distributed
+from method_utils import tone_clips
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from audio_ssl.data import ESC50DataModule
-from audio_ssl.features import LogMelSpectrogram
+from audio_ssl.features import LogMelSpectrogram, ViewAugmentation
 from audio_ssl.methods import SimCLR
-from audio_ssl.methods.simclr import CrossProcessBatchNorm, convert_sync_batchnorm
 from audio_ssl.models import AudioResNet
+from audio_ssl.utils.distributed import CrossProcessBatchNorm, convert_sync_batchnorm
 
 SR = 16000
 
@@ -27,7 +28,8 @@ def tiny_simclr(**kwargs) -> SimCLR:
     defaults = dict(
         encoder=AudioResNet(arch="resnet10", widths=(8, 8, 16, 16)),
         frontend=LogMelSpectrogram(sample_rate=SR, n_fft=512, hop_length=256, n_mels=32, normalize="instance"),
-        num_classes=4, crop_seconds=0.5, proj_hidden_dim=32, proj_dim=16, scheduler="none", optimizer="adamw",
+        num_classes=4, views=ViewAugmentation(crop_seconds=0.5), proj_hidden_dim=32, proj_dim=16, scheduler="none",
+        optimizer="adamw",
         lr=3e-3, knn_k=3,
     )
     defaults.update(kwargs)
@@ -35,12 +37,7 @@ def tiny_simclr(**kwargs) -> SimCLR:
 
 
 def clips(batch=8, samples=SR, seed=0):
-    """Clips with distinct content: a tone per clip plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(samples) / SR
-    freqs = 200.0 * (1 + torch.arange(batch).float())[:, None]
-    audio = 0.5 * torch.sin(2 * torch.pi * freqs * t) + 0.05 * torch.randn(batch, samples, generator=g)
-    return {"audio": audio, "label": torch.arange(batch) % 4, "index": torch.arange(batch)}
+    return tone_clips(batch, samples, seed, SR)
 
 
 def capture_logs(model: SimCLR) -> list[tuple[str, dict]]:
@@ -109,7 +106,7 @@ def test_online_probe_gradients_never_reach_the_encoder():
     batch = model.on_after_batch_transfer(clips(), 0)
     capture_logs(model)
     _, h = model.contrastive_step(batch["view1"], batch["view2"])
-    probe_loss = model.online_probe_step(h, batch["label"].repeat(2), "train")
+    probe_loss = model.monitor_step(h, batch["label"], "train")
     encoder_params = list(model.encoder.parameters()) + list(model.projector.parameters())
     grads = torch.autograd.grad(probe_loss, encoder_params + list(model.online_probe.parameters()), allow_unused=True)
     assert all(g is None for g in grads[: len(encoder_params)])
@@ -133,7 +130,7 @@ def test_training_step_logs_loss_and_contrastive_accuracy():
     train = {k: v for stage, m in logged if stage == "train" for k, v in m.items()}
     assert {"loss", "contrastive_top1", "contrastive_top5", "online_probe_acc", "online_probe_loss"} <= set(train)
     assert 0 <= train["contrastive_top1"] <= train["contrastive_top5"] <= 1
-    assert len(model._knn_bank) == 1 and model._knn_bank[0][0].shape == (8, model.encoder.out_dim)
+    assert len(model.knn.bank) == 1 and model.knn.bank[0][0].shape == (8, model.encoder.out_dim)
 
 
 def test_validation_views_are_seeded_and_leave_the_global_rng_alone():

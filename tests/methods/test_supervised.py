@@ -137,7 +137,15 @@ def test_onecycle_short_runs(total_steps):
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     sched = build_scheduler("onecycle", optimizer, total_steps=total_steps, warmup_fraction=0.1, max_lr=4e-3)
+    used = []  # the lr of each optimizer step
     for _ in range(total_steps):
+        used.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         sched.step()
-    assert all(g["lr"] >= 0 for g in optimizer.param_groups)
+    assert used[0] == pytest.approx(1e-3)  # starts at max_lr / div_factor = the configured lr
+    assert all(0 <= lr <= 4e-3 * (1 + 1e-9) for lr in used)  # never negative, never above the peak
+    if total_steps >= 10:  # long enough for both phases: warm-up to the peak within 10%, then annealed to ~0
+        peak = max(used)
+        assert peak == pytest.approx(4e-3, rel=0.01) and used.index(peak) <= round(0.1 * total_steps)
+        assert all(a >= b for a, b in zip(used[used.index(peak):], used[used.index(peak) + 1:]))
+        assert used[-1] < 0.05 * 4e-3

@@ -19,7 +19,7 @@ from lookup_model import LookupClassifier, adversarial_scores
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, top_k_accuracy_score
 
 from audio_ssl.data import ESC50DataModule
-from audio_ssl.evaluation.metrics import ClassificationScores
+from audio_ssl.methods.metrics import ClassificationScores
 
 BATCH = 8
 
