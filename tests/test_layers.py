@@ -13,13 +13,15 @@ import audio_ssl
 
 PACKAGE = Path(audio_ssl.__file__).parent
 LAYERS = [  # lowest first; a folder may import from its own layer's other folders only when listed below
-    {"utils", "tokenizers"},
+    {"utils"},
+    {"tokenizers"},
     {"data", "features", "losses"},
     {"models"},
     {"methods"},
     {"cli"},
     {"evaluation"},
     {"tools"},
+    {"serve"},  # the HTTP server stands on classify (tools/predict.py)
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

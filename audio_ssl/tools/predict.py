@@ -45,7 +45,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -114,6 +114,9 @@ class ClassifierBundle:
                 raise ValueError(f"{type(self.model).__name__} does not classify (no classifier head): probe or "
                                  "fine-tune its encoder first")
             return self.model.predict_proba(audio)
+        predict_proba: Callable | None = getattr(self.model, "predict_proba", None)
+        if callable(predict_proba):  # a plain module that offers class probabilities
+            return predict_proba(audio)
         return torch.softmax(self.model(self.model.frontend(audio)), dim=1)
 
 

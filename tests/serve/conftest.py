@@ -26,6 +26,7 @@ def ssl_checkpoint(tmp_path_factory, resnet_checkpoint) -> Path:
     import torch
 
     from audio_ssl.features import LogMelSpectrogram
+    from audio_ssl.features.views import ViewAugmentation
     from audio_ssl.methods import SimCLR
     from audio_ssl.models.resnet import AudioResNet
 
@@ -33,9 +34,12 @@ def ssl_checkpoint(tmp_path_factory, resnet_checkpoint) -> Path:
                 "init_args": {"n_fft": 512, "hop_length": 256, "n_mels": 32}}
     encoder = {"class_path": "audio_ssl.models.AudioResNet", "init_args": {"layers": [1, 1], "widths": [4, 8]}}
     model = SimCLR(encoder=AudioResNet(layers=[1, 1], widths=[4, 8]), num_classes=5, sample_rate=SR,
-                   frontend=LogMelSpectrogram(n_fft=512, hop_length=256, n_mels=32), proj_dim=8, crop_seconds=None)
+                   frontend=LogMelSpectrogram(n_fft=512, hop_length=256, n_mels=32), proj_dim=8,
+                   views=ViewAugmentation(crop_seconds=None))
     model.model_config = {"class_path": "audio_ssl.methods.SimCLR",
-                          "init_args": {"encoder": encoder, "frontend": frontend, "proj_dim": 8, "crop_seconds": None}}
+                          "init_args": {"encoder": encoder, "frontend": frontend, "proj_dim": 8,
+                                        "views": {"class_path": "audio_ssl.features.views.ViewAugmentation",
+                                                  "init_args": {"crop_seconds": None}}}}
     meta = model.checkpoint_metadata()
     meta["data"] = torch.load(resnet_checkpoint, map_location="cpu", weights_only=True)["audio_ssl"]["data"]
     path = tmp_path_factory.mktemp("serve-simclr") / "simclr.ckpt"
