@@ -11,7 +11,7 @@ from torch import nn
 from audio_ssl.evaluation.knn import knn_predict
 from audio_ssl.evaluation.metrics import WeightedMean
 from audio_ssl.features.logmel import LogMelSpectrogram
-from audio_ssl.utils.distributed import all_gather_no_grad
+from audio_ssl.utils.distributed import all_gather_no_grad, destroy_process_group_at_exit
 from audio_ssl.utils.optim import build_optimizer, build_scheduler, split_decay
 from audio_ssl.utils.provenance import (
     CHECKPOINT_KEY,
@@ -95,6 +95,7 @@ class BaseMethod(L.LightningModule):
 
     # ------------------------------------------------------------------ initialisation from a pretraining run
     def setup(self, stage: str) -> None:
+        destroy_process_group_at_exit()  # every rank, once its group exists: a Gloo rank must not exit with it live
         if stage == "fit" and self.init_encoder_from:
             self.load_encoder_weights(self.init_encoder_from)
 

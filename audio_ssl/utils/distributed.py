@@ -15,6 +15,7 @@ the graph; :func:`all_gather_no_grad` uses it on purpose for metrics and evaluat
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
 __all__ = ["is_dist", "world_size", "rank", "gather_with_grad", "all_gather_no_grad", "process_rank", "is_rank_zero",
-           "barrier", "all_gather_objects", "broadcast_from_rank_zero"]
+           "barrier", "all_gather_objects", "broadcast_from_rank_zero", "destroy_process_group_at_exit"]
 
 
 def is_dist() -> bool:
@@ -117,3 +118,30 @@ def broadcast_from_rank_zero(obj: Any) -> Any:
     box = [obj if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# ---------------------------------------------------------------------------------------------- process-group teardown
+_destroy_registered = False
+
+
+def _destroy_process_group() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy this process's default group when the interpreter exits, before it tears itself down.
+
+    Lightning destroys the group it creates only for NCCL, so a Gloo rank (``ddp`` or ``ddp_spawn`` on CPU)
+    exits with a live ``ProcessGroupGloo``: its C++ worker threads then meet the interpreter's finalization
+    (a thread that still holds tensors needs the GIL, or its ``std::thread`` is destroyed unjoined) and the
+    rank dies with SIGABRT, "terminate called without an active exception", after its work is done, at
+    random. An ``atexit`` handler runs while the interpreter is still whole (also in ``ddp_spawn`` workers,
+    which leave through ``sys.exit``) and joins those threads. Destroying the group is local to the process
+    (no collective), so ranks may reach it at different times. Idempotent; a no-op without a process group.
+    """
+    global _destroy_registered
+    if _destroy_registered or not is_dist():
+        return
+    atexit.register(_destroy_process_group)
+    _destroy_registered = True
