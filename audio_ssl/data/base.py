@@ -16,6 +16,7 @@ from audio_ssl.data.cache import CacheGroup, WaveformCache, preview_names
 from audio_ssl.data.datasets import ClipDataset
 from audio_ssl.data.paths import DATA_ENV, DatasetNotFoundError, default_data_dir
 from audio_ssl.data.sampler import ShardSampler
+from audio_ssl.utils.distributed import destroy_process_group_at_exit
 from audio_ssl.utils.download import fetch_and_extract
 
 log = logging.getLogger(__name__)
@@ -353,6 +354,7 @@ class FoldAudioDataModule(L.LightningDataModule):
         without a stage); the others stay ``None`` and their folds are never read."""
         if stage is not None and stage not in STAGE_SETS:
             raise ValueError(f"stage={stage!r} is not one of {list(STAGE_SETS)}")
+        destroy_process_group_at_exit()  # see there: also for models that are not a BaseMethod
         names = STAGE_SETS[stage] if stage is not None else tuple(SET_SPLITS)
         for name in names:
             if getattr(self, name) is None:

@@ -37,7 +37,7 @@ from torch import nn
 from audio_ssl.features.logmel import LogMelSpectrogram
 from audio_ssl.methods.metrics import WeightedMean
 from audio_ssl.methods.monitors import KNNMonitor, OnlineProbe
-from audio_ssl.utils.distributed import convert_sync_batchnorm
+from audio_ssl.utils.distributed import convert_sync_batchnorm, destroy_process_group_at_exit
 from audio_ssl.utils.optim import build_optimizer, build_scheduler, split_decay
 from audio_ssl.utils.provenance import (
     CHECKPOINT_KEY,
@@ -136,6 +136,7 @@ class BaseMethod(L.LightningModule):
 
     # ------------------------------------------------------------------ initialisation from a pretraining run
     def setup(self, stage: str) -> None:
+        destroy_process_group_at_exit()  # every rank, once its group exists: a Gloo rank must not exit with it live
         if stage == "fit" and self.init_encoder_from:
             self.load_encoder_weights(self.init_encoder_from)
         if self.sync_batchnorm and self._trainer is not None and self.trainer.world_size > 1:

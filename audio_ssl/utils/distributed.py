@@ -21,6 +21,7 @@ ask for it with ``BaseMethod(sync_batchnorm=True)``.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -32,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["is_dist", "world_size", "rank", "gather_with_grad", "all_gather_no_grad", "process_rank", "is_rank_zero",
            "barrier", "all_gather_objects", "broadcast_from_rank_zero", "CrossProcessBatchNorm",
-           "convert_sync_batchnorm"]
+           "convert_sync_batchnorm", "destroy_process_group_at_exit"]
 
 
 def is_dist() -> bool:
@@ -192,3 +193,30 @@ def convert_sync_batchnorm(module: nn.Module, device_type: str = "cuda") -> nn.M
     if device_type == "cpu":
         return _to_cross_process(module)
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+# ---------------------------------------------------------------------------------------------- process-group teardown
+_destroy_registered = False
+
+
+def _destroy_process_group() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy this process's default group when the interpreter exits, before it tears itself down.
+
+    Lightning destroys the group it creates only for NCCL, so a Gloo rank (``ddp`` or ``ddp_spawn`` on CPU)
+    exits with a live ``ProcessGroupGloo``: its C++ worker threads then meet the interpreter's finalization
+    (a thread that still holds tensors needs the GIL, or its ``std::thread`` is destroyed unjoined) and the
+    rank dies with SIGABRT, "terminate called without an active exception", after its work is done, at
+    random. An ``atexit`` handler runs while the interpreter is still whole (also in ``ddp_spawn`` workers,
+    which leave through ``sys.exit``) and joins those threads. Destroying the group is local to the process
+    (no collective), so ranks may reach it at different times. Idempotent; a no-op without a process group.
+    """
+    global _destroy_registered
+    if _destroy_registered or not is_dist():
+        return
+    atexit.register(_destroy_process_group)
+    _destroy_registered = True
