@@ -78,7 +78,8 @@ class BYOLA(BaseMethod):
         self.encoder = encoder if encoder is not None else AudioResNet(arch="resnet18")
         self.projector = ProjectionHead(self.embedding_dim, proj_hidden_dim, proj_dim, 2, batch_norm=True)
         self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, 2, batch_norm=True)
-        self.teacher = MomentumTeacher(self.student(), base_momentum, final_momentum)
+        # the target normalises with batch statistics, as in BYOL / BYOL-A (see MomentumTeacher)
+        self.teacher = MomentumTeacher(self.student(), base_momentum, final_momentum, batch_statistics=True)
         self.views = (views if views is not None else BYOLAViews()).bind(self.sample_rate)
         self.val_view_seed = val_view_seed
         self._teacher_step = -1

@@ -66,13 +66,20 @@ class MomentumTeacher(nn.Module):
         student: the online network (copied at construction, so teacher and student start equal).
         base_momentum: ``tau_base`` of :func:`cosine_momentum` (0.99 in BYOL-A; 0.996 in BYOL).
         final_momentum: ``tau`` at the end of training (1.0 in BYOL; ``base_momentum`` for a constant rate).
+        batch_statistics: normalise the teacher's BatchNorm layers with the statistics of the batch it is given
+            instead of its running statistics (the copy is switched to train mode for the call only, still
+            without gradients). BYOL and BYOL-A run their target network this way (Grill et al., 2020, and
+            the BYOL-A reference code): running statistics averaged twice (by BatchNorm, then by the EMA) lag
+            far behind the online network early in training.
 
     Calling the teacher runs the copy under ``torch.no_grad()``. Its weights are part of the owner's state dict
     (key prefix ``<attribute>.module.``), so a resumed run continues with the same teacher.
     """
 
-    def __init__(self, student: nn.Module, base_momentum: float = 0.99, final_momentum: float = 1.0):
+    def __init__(self, student: nn.Module, base_momentum: float = 0.99, final_momentum: float = 1.0,
+                 batch_statistics: bool = False):
         super().__init__()
+        self.batch_statistics = bool(batch_statistics)
         cosine_momentum(0, 1, base_momentum, final_momentum)  # validates the range
         self.base_momentum, self.final_momentum = float(base_momentum), float(final_momentum)
         self.module = copy.deepcopy(student).requires_grad_(False).eval()
@@ -87,7 +94,13 @@ class MomentumTeacher(nn.Module):
 
     def forward(self, *args, **kwargs):
         with torch.no_grad():
-            return self.module(*args, **kwargs)
+            if not self.batch_statistics:
+                return self.module(*args, **kwargs)
+            self.module.train()
+            try:
+                return self.module(*args, **kwargs)
+            finally:
+                self.module.eval()
 
     def update(self, student: nn.Module, step: int, total_steps: int) -> float:
         """One EMA step toward ``student`` at the scheduled rate for ``step`` of ``total_steps``; returns it."""
@@ -96,4 +109,5 @@ class MomentumTeacher(nn.Module):
         return self.momentum
 
     def extra_repr(self) -> str:
-        return f"base_momentum={self.base_momentum}, final_momentum={self.final_momentum}"
+        return (f"base_momentum={self.base_momentum}, final_momentum={self.final_momentum}, "
+                f"batch_statistics={self.batch_statistics}")

@@ -110,6 +110,28 @@ def test_teacher_has_no_gradients_and_stays_in_eval_mode():
                                model.encoder.stem[0].weight - 0.99)
 
 
+def test_teacher_with_batch_statistics_normalises_by_the_batch_and_returns_to_eval():
+    from torch import nn
+
+    from audio_ssl.methods.momentum import MomentumTeacher
+
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    x = torch.randn(16, 4) * 5 + 3
+    by_batch, by_running = MomentumTeacher(student, batch_statistics=True), MomentumTeacher(student)
+    out = by_batch(x)
+    # batch statistics: every feature of the output has mean 0 and (biased) variance 1 over the batch
+    torch.testing.assert_close(out.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.var(0, unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
+    assert not by_batch.module.training and not out.requires_grad
+    expected = student[1].eval()(student[0](x)).detach()  # running statistics (0 and 1 at the start)
+    torch.testing.assert_close(by_running(x), expected)
+    assert not torch.allclose(out, expected)
+    from audio_ssl.methods import BYOLA
+
+    assert isinstance(tiny_byola(), BYOLA) and tiny_byola().teacher.batch_statistics
+
+
 # ----------------------------------------------------------------------------- the views
 
 
