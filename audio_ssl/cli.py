@@ -21,6 +21,7 @@ a resumed run or a later ``test`` continues the same W&B run and CSV version (:m
 from __future__ import annotations
 
 import errno
+import os
 import re
 import sys
 import warnings
@@ -105,6 +106,13 @@ class AudioSSLSaveConfig(SaveConfigCallback):
     """Writes ``config.yaml`` to the log folder (Lightning's behaviour) and logs the same fully resolved config
     (data, folds, batch size, encoder, front end, trainer), plus the data module's description, to every W&B
     logger."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Without a logger there is no run folder: Lightning would write ``config.yaml`` into the working
+        directory (a checkout, say). The checkpoint describes the run in that case (``checkpoint["audio_ssl"]``)."""
+        if not trainer.loggers:
+            return
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
@@ -202,6 +210,13 @@ class AudioSSLCLI(LightningCLI):
 
             if is_rank_zero():
                 check_writable_folder(config["checkpoint.dirpath"], "the run's checkpoints")
+            if not config.get("ckpt_path") and not config.get("trainer.fast_dev_run"):
+                # Refuse a fresh fit into a folder that holds another run now, before anything of this run
+                # (the loggers' ids, a model summary) is written or printed; LastCheckpoint checks again at fit.
+                from audio_ssl.utils.checkpoints import check_run_folder
+
+                check_run_folder(config["checkpoint.dirpath"], None, resuming=False,
+                                 existing_run=config.get("checkpoint.existing_run") or "refuse")
         if self.subcommand is None:  # built for a program (cv, probe): it resumes from last.ckpt if there is one
             resume = (run_dir / "checkpoints" / "last.ckpt").exists() or bool(
                 config.get("checkpoint.dirpath") and (Path(config["checkpoint.dirpath"]) / "last.ckpt").exists())
@@ -282,6 +297,7 @@ def _quiet_after_fatal_error() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from audio_ssl.data.audio import AudioDecodeError
     from audio_ssl.data.paths import DatasetNotFoundError
     from audio_ssl.utils.run_logging import UnwritableFolderError
 
@@ -307,6 +323,11 @@ def main(argv: list[str] | None = None) -> None:
         build_cli(argv)
     except (DatasetNotFoundError, UntrainedWeightsError, RunFolderError, UnwritableFolderError) as err:
         sys.stderr.write(f"audio-ssl: error: {err}\n")
+        raise SystemExit(2) from None
+    except (AudioDecodeError, FloatingPointError) as err:  # a bad recording (or non-finite values) named
+        if os.environ.get("AUDIO_SSL_TRACEBACK"):
+            raise
+        sys.stderr.write(f"audio-ssl: error: {err}\n(set AUDIO_SSL_TRACEBACK=1 for the traceback)\n")
         raise SystemExit(2) from None
     except OSError as err:
         if not isinstance(err, CheckpointWriteError) and err.errno not in DISK_ERRNOS:

@@ -202,10 +202,13 @@ def test_one_run_per_checkpoint_folder(esc50_root, cache_dir, tmp_path, monkeypa
     assert recorded["identity"]["model"]["class_path"] == "audio_ssl.methods.SupervisedClassifier"
     assert "data_dir" not in recorded["identity"]["data"]["init_args"]
     first_bytes = (folder / "last.ckpt").read_bytes()
+    ids = (tmp_path / "logger_ids.json").read_text()
 
-    # a fresh fit into the folder would mix two runs: refused, naming the folder and the ways out
+    # a fresh fit into the folder would mix two runs: refused, naming the folder and the ways out, before
+    # anything of the refused run is written (the run's logger ids stay those of the run in the folder)
     with pytest.raises(RunFolderError) as refused:
         build_cli(["fit", *args])
+    assert (tmp_path / "logger_ids.json").read_text() == ids
     message = str(refused.value)
     assert str(folder) in message and "--ckpt_path last" in message and "--checkpoint.dirpath" in message
     assert "--checkpoint.existing_run overwrite" in message
@@ -270,3 +273,15 @@ def test_sigkill_mid_epoch_then_resume_finishes(esc50_root, cache_dir, tmp_path)
     resumed = subprocess.run([sys.executable, str(script), *args], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "FINISHED 3 15" in resumed.stdout
+
+
+def test_fit_without_a_logger_writes_nothing_into_the_working_directory(esc50_root, cache_dir, tmp_path, monkeypatch):
+    work = tmp_path / "checkout"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    config = ROOT / "experiments" / "supervised_cpu.yaml"
+    args = fit_args(config, esc50_root, cache_dir, tmp_path, epochs=1) + [
+        "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--trainer.logger", "false"]
+    build_cli(["fit", *args])
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert sorted(p.name for p in work.iterdir()) == []

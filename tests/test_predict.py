@@ -415,3 +415,14 @@ def test_progress_bar_on_stderr(trained, tmp_path, capsys):
     assert code == 0 and "x.wav:" in err and "s of audio" in err
     code, _, err = run_classify(base, capsys)  # auto: only for long recordings on a terminal
     assert code == 0 and "s of audio" not in err
+
+
+def test_a_file_named_twice_is_scored_once(tmp_path):
+    from audio_ssl.tools.predict import scan_paths
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for name in ("a.wav", "b.wav"):
+        (folder / name).write_bytes(b"")
+    scan = scan_paths([folder / "a.wav", folder, tmp_path])
+    assert [p.name for p in scan.audio] == ["a.wav", "b.wav"]

@@ -252,21 +252,29 @@ def _read_all(path: Path) -> np.ndarray:
     with libsndfile's own ``sf_readf_float`` through soundfile's cffi handle, which returns the number of
     frames read and 0 at the end of the data: memory follows what the file holds, not what it claims.
     """
-    blocks = []
     with sf.SoundFile(str(path)) as f:
         channels = f.channels
-        while True:
-            block = np.empty((_READ_BLOCK, channels), np.float32)
-            got = sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", block.ctypes.data), _READ_BLOCK)
-            error = sf._snd.sf_error(f._file)
-            if error:
-                raise RuntimeError(sf._ffi.string(sf._snd.sf_error_number(error)).decode("utf-8", "replace"))
-            if got <= 0:
-                break
-            blocks.append(block[:got] if got < _READ_BLOCK else block)
+        blocks = list(read_sndfile_blocks(f, _READ_BLOCK))
     if len(blocks) == 1:
         return np.ascontiguousarray(blocks[0])
     return np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
+
+
+def read_sndfile_blocks(handle: sf.SoundFile, block_frames: int):
+    """Yield float32 ``[n, C]`` blocks (``n <= block_frames``) of an open ``SoundFile`` until its data ends,
+    whatever its header claims about the length (see :func:`_read_all`; the whole-file decoder and the
+    streaming reader of :mod:`audio_ssl.data.stream` both read this way). Raises RuntimeError with
+    libsndfile's message when a read fails."""
+    channels = handle.channels
+    while True:
+        block = np.empty((block_frames, channels), np.float32)
+        got = sf._snd.sf_readf_float(handle._file, sf._ffi.cast("float *", block.ctypes.data), block_frames)
+        error = sf._snd.sf_error(handle._file)
+        if error:
+            raise RuntimeError(sf._ffi.string(sf._snd.sf_error_number(error)).decode("utf-8", "replace"))
+        if got <= 0:
+            return
+        yield block[:got] if got < block_frames else block
 
 
 def _check_target_rate(path: Path, sample_rate: object) -> None:

@@ -34,6 +34,7 @@ from audio_ssl.data.audio import (
     AudioDecodeError,
     _check_target_rate,
     _data_chunk_shortfall,
+    read_sndfile_blocks,
 )
 
 __all__ = [
@@ -124,21 +125,18 @@ class AudioStream:
 class _SoundFileStream(AudioStream):
     def __init__(self, path: Path, handle: sf.SoundFile):
         self._handle = handle
-        super().__init__(path, handle.samplerate, handle.channels, int(handle.frames), "libsndfile",
+        frames = None if int(handle.frames) >= 2**63 - 1 else int(handle.frames)  # 2**63-1: "unknown length"
+        super().__init__(path, handle.samplerate, handle.channels, frames, "libsndfile",
                          f"{handle.format}/{handle.subtype}")
         self.exact_frames = handle.format not in _INEXACT_FRAME_COUNT_FORMATS
 
     def _read(self, block_frames: int) -> Iterator[np.ndarray]:
-        while True:
-            try:  # float32 in [-1, 1) for integer formats, as sf.read
-                block = self._handle.read(block_frames, dtype="float32", always_2d=True)
-            except (sf.SoundFileError, RuntimeError) as err:
-                raise AudioDecodeError(self.path, f"corrupt audio data, decoding failed ({err})") from err
-            if len(block) == 0:
-                return
-            yield block
-            if len(block) < block_frames:
-                return
+        # float32 in [-1, 1) for integer formats, as sf.read; read to the end of the data whatever the header
+        # says (a streamed FLAC of unknown length), like the whole-file decoder
+        try:
+            yield from read_sndfile_blocks(self._handle, block_frames)
+        except (sf.SoundFileError, RuntimeError) as err:
+            raise AudioDecodeError(self.path, f"corrupt audio data, decoding failed ({err})") from err
 
     def close(self) -> None:
         self._handle.close()

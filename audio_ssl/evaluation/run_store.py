@@ -103,10 +103,17 @@ def open_run(run_dir: Path, record: RunRecord) -> None:
     path = Path(run_dir) / RUN_FILE
     if path.exists():
         previous = json.loads(path.read_text())
-        if previous.get("fingerprint") != record.fingerprint:
+        # A folder where nothing was trained yet (e.g. a run stopped by a typo in an override) is simply reused.
+        trained = [p for p in Path(run_dir).glob("fold*/**/*.ckpt")] + list(Path(run_dir).glob("fold*/result.json"))
+        if previous.get("fingerprint") != record.fingerprint and trained:
+            before, now = previous.get("overrides") or [], list(record.overrides)
+            changes = [f"config {previous.get('config_file')} -> {record.config_file}"] if (
+                previous.get("config_file") != record.config_file) else []
+            changes += [f"overrides only there: {[a for a in before if a not in now]}",
+                        f"overrides only now: {[a for a in now if a not in before]}"]
             raise ValueError(
-                f"{run_dir} holds a CV run of a different config or overrides ({previous.get('config_file')}, "
-                f"{previous.get('overrides')}); use another --name or delete that folder")
+                f"{run_dir} holds a CV run of a different config or overrides ({'; '.join(changes)}; or the "
+                f"config file's contents changed); use another --name, or delete that folder to start again")
     with atomic_write(path, "w") as fh:
         json.dump(dataclasses.asdict(record), fh, indent=2)
 

@@ -167,6 +167,22 @@ class ServedModel:
         return None
 
     # ------------------------------------------------------------------ decoding
+    def _decode_stream(self, path: str, label: str, max_seconds: float | None) -> np.ndarray:
+        """Mono float32 at the model's rate through classify's streaming reader (PyAV/FFmpeg for compressed
+        formats); the length limit is checked as the blocks arrive. Raises AudioDecodeError or AudioRejected."""
+        from audio_ssl.data.stream import open_audio, stream_mono
+
+        blocks, total = [], 0
+        with open_audio(path) as stream:
+            if max_seconds and stream.duration is not None:
+                self._check_length(stream.duration, max_seconds, label)
+            for block in stream_mono(stream, self.sample_rate):
+                blocks.append(block)
+                total += len(block)
+                if max_seconds:
+                    self._check_length(total / self.sample_rate, max_seconds, label)
+        return np.concatenate(blocks).astype(np.float32, copy=False) if blocks else np.zeros(0, np.float32)
+
     def decode(self, data: bytes, filename: str | None = None, max_seconds: float | None = None) -> DecodedAudio:
         """Decode an upload (any format/rate/channels :func:`decode_audio` reads) to mono at the model's rate.
 
@@ -193,7 +209,10 @@ class ServedModel:
             if info is not None and max_seconds and info.sample_rate > 0:
                 self._check_length(info.frames / info.sample_rate, max_seconds, label)
             try:
-                wave = decode_audio(tmp, self.sample_rate, mono=True)
+                if info is None:  # not for libsndfile: the formats classify reads through FFmpeg (m4a, webm, ...)
+                    wave = self._decode_stream(tmp, label, max_seconds)
+                else:
+                    wave = decode_audio(tmp, self.sample_rate, mono=True)
             except AudioDecodeError as err:
                 reason = (err.reason or str(err)).replace(tmp, label)
                 if info is None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 
 from audio_ssl.evaluation.run_config import parse_set_overrides
@@ -63,8 +65,19 @@ def main(argv: list[str] | None = None) -> None:
     if stray:
         parser.error(f"unrecognised argument(s) {stray}: Lightning overrides look like --trainer.max_epochs 3")
     overrides = parse_set_overrides(args.set) + extra
-    summary = run_cv(args.config, folds=args.folds, name=args.name, out=args.out, overrides=overrides,
-                     wandb=not args.no_wandb, analyze=not args.no_analysis, examples=args.examples)
+    from audio_ssl.data.audio import AudioDecodeError
+
+    try:
+        summary = run_cv(args.config, folds=args.folds, name=args.name, out=args.out, overrides=overrides,
+                         wandb=not args.no_wandb, analyze=not args.no_analysis, examples=args.examples)
+    except (ValueError, FileNotFoundError, AudioDecodeError) as err:
+        if os.environ.get("AUDIO_SSL_TRACEBACK"):
+            raise
+        from audio_ssl.cli import short_error
+
+        print(f"audio-ssl cv: error: {short_error(str(err))}\n(set AUDIO_SSL_TRACEBACK=1 for the traceback)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     from audio_ssl.evaluation.summary import results_table
     from audio_ssl.utils.distributed import is_rank_zero
 

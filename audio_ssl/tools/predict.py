@@ -264,6 +264,9 @@ def scan_paths(paths: Sequence[str | os.PathLike]) -> FileScan:
             else:
                 what = f"suffix .{suffix}" if suffix else "no suffix"
                 scan.skipped.append((f, f"not an audio file ({what}; name it explicitly to try to decode it)"))
+    # a file named twice (directly and inside a named folder, or two overlapping folders) is scored once
+    seen: set[Path] = set()
+    scan.audio[:] = [f for f in scan.audio if not (f.resolve() in seen or seen.add(f.resolve()))]
     return scan
 
 
@@ -398,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         bundle = load_classifier(args.config, args.checkpoint, device)
+        if not getattr(bundle.model, "classifies", True):  # the method contract: no head, no classes
+            raise ValueError(f"{args.checkpoint}: {type(bundle.model).__name__} does not classify (no classifier "
+                             "head): probe it (audio-ssl probe) or fine-tune its encoder, then classify with that")
         names = class_names_for(args.labels, args.label_file, bundle)
     except (ValueError, OSError) as err:
         raise _fail(str(err)) from None

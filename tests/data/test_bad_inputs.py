@@ -232,6 +232,13 @@ def test_16_flac_with_unknown_length_decodes_in_full(tmp_path):
     assert decode_audio(path, 44100).shape == (44100,)
     cache = WaveformCache.build([path], TARGET, cache_dir=tmp_path / "cache", num_workers=1, progress=False)
     assert cache.lengths.tolist() == [16000]
+    # the streaming reader of classify and serve reads it to its end too, in blocks of any size
+    from audio_ssl.data.stream import open_audio
+
+    with open_audio(path) as stream:
+        assert stream.duration is None
+        blocks = list(stream.blocks(3000))
+    np.testing.assert_array_equal(np.concatenate(blocks)[:, 0], decode_audio(path, 16000))
 
 
 def _decode_under_cap(path: str, cap: int, conn) -> None:

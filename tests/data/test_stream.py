@@ -48,14 +48,16 @@ def test_memory_is_bounded_by_the_block(tmp_path, monkeypatch):
     with sf.SoundFile(path, "w", rate, 2, subtype="PCM_16") as f:
         for i in range(seconds // 10):
             f.write(noise(10, rate, 2, seed=i))
+    import audio_ssl.data.stream as stream_module
+
     requested = []
-    read = sf.SoundFile.read
+    read = stream_module.read_sndfile_blocks
 
-    def spy(self, frames=-1, *args, **kwargs):
-        requested.append(frames)
-        return read(self, frames, *args, **kwargs)
+    def spy(handle, block_frames):
+        requested.append(block_frames)
+        return read(handle, block_frames)
 
-    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    monkeypatch.setattr(stream_module, "read_sndfile_blocks", spy)
     tracemalloc.start()
     try:
         total = 0

@@ -108,9 +108,16 @@ def test_bookkeeping_catches_a_clip_tested_twice(tmp_path, esc50_root, cache_dir
 def test_changed_config_refuses_to_resume(tmp_path, esc50_root, cache_dir):
     config = random_config(tmp_path, esc50_root, cache_dir)
     run_cv(config, folds=[1], out=tmp_path / "results", wandb=False, analyze=False)
-    with pytest.raises(ValueError, match="different config or overrides"):
+    with pytest.raises(ValueError, match=r"different config or overrides \(overrides only there: \[\]; "
+                                         r"overrides only now: \['--trainer.max_epochs', '2'\]"):
         run_cv(config, folds=[1], out=tmp_path / "results", overrides=["--trainer.max_epochs", "2"],
                   wandb=False, analyze=False)
+    # a run folder where nothing was trained yet (say a typo stopped it) is reused with the corrected command
+    untrained = tmp_path / "results" / "typo"
+    untrained.mkdir(parents=True)
+    (untrained / "run.json").write_text('{"fingerprint": "of the typo", "overrides": ["--trainer.max_epochz"]}')
+    run_cv(config, folds=[1], out=tmp_path / "results", name="typo", wandb=False, analyze=False)
+    assert (untrained / "fold1" / "result.json").exists()
     with pytest.raises(ValueError, match=r"folds \[6\] are out of range"):
         run_cv(config, folds=[6], out=tmp_path / "results", name="other", wandb=False)
 

@@ -119,6 +119,22 @@ def test_short_clip_top_k_and_formats(client):
     assert len(body["top_k"]) == 5 and sum(c["confidence"] for c in body["top_k"]) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("suffix", ["m4a", "webm", "mp3"])
+def test_compressed_uploads_decode_like_classify(client, tmp_path, suffix):
+    """The formats people record in (decoded by FFmpeg through PyAV, as classify does) are served too."""
+    pytest.importorskip("av")
+    from tests.encoded_audio import encode
+
+    rng = np.random.default_rng(1)
+    path = encode(tmp_path / f"clip.{suffix}", (0.1 * rng.standard_normal((int(1.5 * 48000), 1))).astype(np.float32),
+                  48000)
+    response = post_file(client, path.read_bytes(), path.name, top_k=3)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["duration"] == pytest.approx(1.5, abs=0.1) and len(body["top_k"]) == 3
+    assert post_file(client, b"\x00" * 2000, f"broken.{suffix}").status_code == 415
+
+
 def test_include_all_returns_what_the_page_draws(client, served):
     data = wav_bytes(2.5, SR, seed=3)
     body = post_file(client, data, include="all").json()
