@@ -269,3 +269,25 @@ def test_classify_long_runs(tmp_path):
                                    "long/stream"}
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["target_mb"] == 200
     assert not list(tmp_path.glob("classify-long-*"))  # the recordings are deleted
+
+
+def test_readme_tables_render_serve_load_results_between_markers(tmp_path):
+    import importlib.util
+    import json as json_module
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("readme_tables",
+                                                  Path(__file__).parents[1] / "benchmarks" / "readme_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    row = {"scenario": "one_by_one", "max_batch": 1, "max_queue": 4, "clients": 3, "ok": 5,
+           "statuses": {"200": 5, "503": 2}, "requests_per_s": 12.345, "p50_ms": 10.4, "p99_ms": 99.6,
+           "mean_batch": 1.0, "rss_idle_mb": 800.2, "rss_peak_mb": 810.7}
+    result = tmp_path / "serve_load.json"
+    result.write_text(json_module.dumps({"results": [row], "problems": []}))
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- results:serve_load -->\nold\n<!-- /results:serve_load -->\nb\n")
+    tables.main(["serve_load", str(result), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("a\n<!-- results:serve_load -->\n| scenario |")
+    assert "| one by one | 1 | 4 | 3 | 5 | 2 x 503 | 12.3 | 10 ms | 100 ms | 1.00 | 800 / 811 MB |" in text
