@@ -179,7 +179,7 @@ def check_run_folder(folder: str | os.PathLike, identity: dict | None, resuming:
     return []
 
 
-class LastCheckpoint(ModelCheckpoint):
+class LastCheckpoint(AtomicModelCheckpoint):
     """Keeps ``<dirpath>/last.ckpt`` the latest training state and guards the folder (see the module docstring).
 
     ``last.ckpt`` is written at the end of every training epoch (after that epoch's validation) and, with
@@ -247,14 +247,6 @@ class LastCheckpoint(ModelCheckpoint):
             return
         if not self._last_checkpoint_saved or self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        save_checkpoint_atomically(trainer, filepath, self.save_weights_only)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(self)
 
 
 class CheckpointSettings:
