@@ -66,7 +66,7 @@ LIGHTNING_COMMANDS = {
 
 TOOLS = {
     "demo": "audio_ssl.tools.demo",
-    "classify": "audio_ssl.tools.predict",
+    "classify": "audio_ssl.tools.classify",
     "make-beats-checkpoint": "audio_ssl.tools.make_beats_checkpoint",
     "cv": "audio_ssl.tools.cv",
     "results": "audio_ssl.tools.results",

@@ -41,7 +41,7 @@ WHOLE_FILE = """
 import sys, torch
 from audio_ssl.data.audio import decode_audio
 from audio_ssl.evaluation.windows import score_long_audio
-from audio_ssl.tools.predict import load_classifier
+from audio_ssl.tools.classify import load_classifier
 bundle = load_classifier(None, sys.argv[1], "cpu")
 wave = decode_audio(sys.argv[2], bundle.sample_rate, mono=True)
 window = round(bundle.clip_seconds * bundle.sample_rate)

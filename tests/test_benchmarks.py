@@ -248,7 +248,7 @@ def test_classify_long_recording_and_checkpoint(tmp_path):
     and a self-describing checkpoint of the config's model that classify loads alone."""
     import classify_long
 
-    from audio_ssl.tools.predict import load_classifier
+    from audio_ssl.tools.classify import load_classifier
 
     classify_long.write_recording(tmp_path / "r.wav", 61.5, 8000, 2)
     info = sf.info(tmp_path / "r.wav")

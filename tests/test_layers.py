@@ -21,7 +21,7 @@ LAYERS = [  # lowest first; a folder may import from its own layer's other folde
     {"cli"},
     {"evaluation"},
     {"tools"},
-    {"serve"},  # the HTTP server stands on classify (tools/predict.py)
+    {"serve"},  # the HTTP server stands on classify (tools/classify.py)
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -1,7 +1,7 @@
 """The served model: a classifier rebuilt from its checkpoint alone, decoding of uploaded bytes, windowing and
 what the web page draws (log-mel spectrogram, waveform envelope, the encoder's intermediate feature maps).
 
-Everything here reuses ``audio-ssl classify``: :func:`audio_ssl.tools.predict.load_classifier` rebuilds the model
+Everything here reuses ``audio-ssl classify``: :func:`audio_ssl.tools.classify.load_classifier` rebuilds the model
 (class names, sample rate, clip length and front end travel in the checkpoint), :func:`audio_ssl.data.audio.decode_audio`
 decodes (mixed to mono, resampled to the model's rate) and :func:`audio_ssl.evaluation.windows.window_starts`
 places the windows, so a recording gets the same windows and, averaged, the same probabilities as from
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from audio_ssl.data.audio import AudioDecodeError, audio_info, decode_audio
 from audio_ssl.evaluation.windows import window_starts
-from audio_ssl.tools.predict import class_names_for, load_classifier
+from audio_ssl.tools.classify import class_names_for, load_classifier
 from audio_ssl.utils.provenance import checkpoint_metadata, read_checkpoint
 
 __all__ = ["AudioRejected", "DecodedAudio", "ModelNotServableError", "ServedModel", "Windows"]

@@ -21,7 +21,7 @@ from audio_ssl.serve.app import ServeSettings, create_app
 from audio_ssl.serve.model import ModelNotServableError, ServedModel
 from audio_ssl.serve.server import is_loopback
 from audio_ssl.serve.server import main as serve_main
-from audio_ssl.tools.predict import classify_file
+from audio_ssl.tools.classify import classify_file
 
 
 @pytest.fixture(scope="module")

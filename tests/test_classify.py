@@ -24,7 +24,7 @@ from audio_ssl.data import stream as stream_module
 from audio_ssl.data.audio import decode_audio
 from audio_ssl.data.stream import RESAMPLE_QUALITY
 from audio_ssl.evaluation.windows import score_long_audio
-from audio_ssl.tools.predict import (
+from audio_ssl.tools.classify import (
     ClassifierBundle,
     class_names_for,
     classify_file,
@@ -418,7 +418,7 @@ def test_progress_bar_on_stderr(trained, tmp_path, capsys):
 
 
 def test_a_file_named_twice_is_scored_once(tmp_path):
-    from audio_ssl.tools.predict import scan_paths
+    from audio_ssl.tools.classify import scan_paths
 
     folder = tmp_path / "f"
     folder.mkdir()
