@@ -6,7 +6,9 @@ data module by ``class_path``. The number of classes is linked from the data mod
 state after every epoch (and every ``every_n_train_steps``), so ``--ckpt_path last`` resumes exactly where a run
 stopped; ``best-*.ckpt`` is kept only with a ``val_fold`` (never chosen on the test fold); a fresh fit into a
 folder holding another run is refused. ``validate``/``test``/``predict`` need ``--ckpt_path`` (or
-``--allow_untrained true``).
+``--allow_untrained true``). Recipes name no run folder: ``checkpoint.dirpath`` (``runs/<run_name>/checkpoints``)
+and the loggers (:data:`DEFAULT_LOGGERS`, in ``runs/<run_name>``) follow ``--run_name``, by default the stem of the
+first ``--config`` file; more ``--config`` files stack on a recipe.
 
 Project tools (own argument parsers): ``demo`` (synthetic data, end to end), ``cv`` (k-fold cross-validation),
 ``results`` (Markdown table of CV summaries), ``probe`` (linear probe on a checkpoint), ``classify`` (any audio
