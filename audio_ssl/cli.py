@@ -6,7 +6,9 @@ data module by ``class_path``. The number of classes is linked from the data mod
 state after every epoch (and every ``every_n_train_steps``), so ``--ckpt_path last`` resumes exactly where a run
 stopped; ``best-*.ckpt`` is kept only with a ``val_fold`` (never chosen on the test fold); a fresh fit into a
 folder holding another run is refused. ``validate``/``test``/``predict`` need ``--ckpt_path`` (or
-``--allow_untrained true``).
+``--allow_untrained true``). Recipes name no run folder: ``checkpoint.dirpath`` (``runs/<run_name>/checkpoints``)
+and the loggers (:data:`DEFAULT_LOGGERS`, in ``runs/<run_name>``) follow ``--run_name``, by default the stem of the
+first ``--config`` file; more ``--config`` files stack on a recipe.
 
 Project tools (own argument parsers): ``demo`` (synthetic data, end to end), ``cv`` (k-fold cross-validation),
 ``results`` (Markdown table of CV summaries), ``probe`` (linear probe on a checkpoint), ``classify`` (any audio
@@ -143,6 +145,10 @@ class AudioSSLCLI(LightningCLI):
         parser.add_argument("--allow_untrained", type=bool, default=False,
                             help="validate/test/predict without --ckpt_path: evaluate the model's initial weights "
                                  "on purpose (otherwise refused)")
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="names the run's folders: checkpoints in runs/<run_name>/checkpoints, logs in "
+                                 "runs/<run_name> (default: the stem of the first --config file)")
+        parser.set_defaults({"checkpoint.dirpath": f"runs/{RUN_NAME}/checkpoints", "trainer.logger": DEFAULT_LOGGERS})
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.init_args.sample_rate", "model.init_args.sample_rate")
 
@@ -173,8 +179,15 @@ class AudioSSLCLI(LightningCLI):
         """Parse ``args`` (``None``: the command line). ``build_cli`` and the project tools pass their arguments
         explicitly on purpose, so Lightning's warning about ``args`` next to ``sys.argv`` does not apply. A
         config error is one message and a pointer to ``--help`` instead of the full usage."""
+        name = run_name_from_args(list(sys.argv[1:] if args is None else args)) if isinstance(args, (list, type(None))) else None
         for each in [parser, *getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}).values()]:
             each.exit_on_error = False
+            if name:  # the run folders by name already in the defaults, so --print_config shows them resolved
+                try:
+                    each.set_defaults({"checkpoint.dirpath": _with_run_name(f"runs/{RUN_NAME}/checkpoints", name),
+                                       "trainer.logger": _with_run_name(DEFAULT_LOGGERS, name)})
+                except (KeyError, ArgumentError):
+                    pass
         try:
             if isinstance(args, dict) or (args is not None and hasattr(args, "as_dict")):
                 self.config = parser.parse_object(args)
@@ -202,6 +215,10 @@ class AudioSSLCLI(LightningCLI):
         from audio_ssl.utils.run_logging import prepare_logger_config
 
         config = self._run_config()
+        name = run_name(config)
+        if "checkpoint" in config and config.get("checkpoint.dirpath"):
+            config["checkpoint.dirpath"] = _with_run_name(config["checkpoint.dirpath"], name)
+        config["trainer.logger"] = _with_run_name(config.get("trainer.logger"), name)
         loggers = config.get("trainer.logger")
         loggers = _without_wandb_if_missing(loggers)
         run_dir = self._run_dir(config)
@@ -239,6 +256,63 @@ class AudioSSLCLI(LightningCLI):
             self.model.model_config = to_plain(config["model"])
         if is_rank_zero():
             record_logger_ids(self.trainer.loggers, self._run_dir(config))
+
+
+RUN_NAME = "{run_name}"
+"""Placeholder in ``checkpoint.dirpath`` and the loggers' arguments, replaced by the run's name (:func:`run_name`)."""
+
+DEFAULT_LOGGERS = [
+    {"class_path": "lightning.pytorch.loggers.WandbLogger",
+     "init_args": {"project": "audio-ssl", "name": RUN_NAME, "save_dir": f"runs/{RUN_NAME}", "offline": True}},
+    {"class_path": "lightning.pytorch.loggers.CSVLogger",
+     "init_args": {"save_dir": f"runs/{RUN_NAME}", "name": "csv"}},
+]
+"""The loggers of every recipe unless it (or the command line) names others: W&B offline and CSV, both in
+``runs/<run_name>``, next to the checkpoints in ``runs/<run_name>/checkpoints`` (the ``checkpoint.dirpath`` default)."""
+
+
+def run_name(config) -> str:
+    """The run's name: ``--run_name``, else the stem of the first ``--config`` file, else ``default``."""
+    name = config.get("run_name") if "run_name" in config else None
+    if name:
+        return str(name)
+    files = config.get("config") if "config" in config else None
+    files = [f for f in (files or []) if f is not None]
+    if files:
+        first = files[0]
+        return Path(str(getattr(first, "relative", None) or first)).stem
+    return "default"
+
+
+def run_name_from_args(argv: list[str]) -> str | None:
+    """The run's name from a command line: ``--run_name``, else the stem of the first ``--config`` file."""
+    found = {}
+    for i, arg in enumerate(argv):
+        for option in ("--run_name", "--config"):
+            if arg == option and i + 1 < len(argv):
+                found.setdefault(option, argv[i + 1])
+            elif arg.startswith(option + "="):
+                found.setdefault(option, arg.split("=", 1)[1])
+    if found.get("--run_name"):
+        return found["--run_name"]
+    if found.get("--config") and not found["--config"].lstrip().startswith(("{", "[")):
+        return Path(found["--config"]).stem
+    return None
+
+
+def _with_run_name(value, name: str):
+    """``value`` (a string, or nested lists/dicts/namespaces of them) with :data:`RUN_NAME` replaced by ``name``."""
+    from jsonargparse import Namespace
+
+    if isinstance(value, str):
+        return value.replace(RUN_NAME, name)
+    if isinstance(value, list):
+        return [_with_run_name(v, name) for v in value]
+    if isinstance(value, Namespace):
+        return Namespace(**{k: _with_run_name(v, name) for k, v in vars(value).items()})
+    if isinstance(value, dict):
+        return {k: _with_run_name(v, name) for k, v in value.items()}
+    return value
 
 
 def _without_wandb_if_missing(loggers):

@@ -285,3 +285,19 @@ def test_fit_without_a_logger_writes_nothing_into_the_working_directory(esc50_ro
     build_cli(["fit", *args])
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     assert sorted(p.name for p in work.iterdir()) == []
+
+
+def test_run_folders_follow_one_name(capsys, monkeypatch, tmp_path):
+    """Recipes state no logger or checkpoint folder: both derive from --run_name, by default the config's stem."""
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "experiments" / "simclr_cpu.yaml"
+    for extra, name in (([], "simclr_cpu"), (["--run_name", "trial"], "trial")):
+        with pytest.raises(SystemExit):
+            build_cli(["fit", "--config", str(config), *extra, "--print_config"])
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["checkpoint"]["dirpath"] == f"runs/{name}/checkpoints"
+        assert [lg["init_args"]["save_dir"] for lg in printed["trainer"]["logger"]] == [f"runs/{name}"] * 2
+    from audio_ssl.cli import _with_run_name, run_name_from_args
+
+    assert run_name_from_args(["fit", "--config=a/b.yaml", "--config", "c.yaml"]) == "b"
+    assert _with_run_name({"x": ["runs/{run_name}"]}, "n") == {"x": ["runs/n"]}
