@@ -203,7 +203,7 @@ if not smoke and not torch.cuda.is_available():
 start = time.perf_counter()
 dm = ESC50DataModule(data_dir=data, sample_rate=16000, num_workers=16)
 dm.prepare_data()
-print(f"waveform cache {dm.cache.data_path} ({len(dm.cache)} clips) ready in {time.perf_counter() - start:.1f}s")
+print(f"waveform caches ({len(dm.cache.caches)} fold caches, {len(dm.cache)} clips) ready in {time.perf_counter() - start:.1f}s")
 EOF
 }
 export -f prepare

@@ -31,3 +31,14 @@ if HIDDEN:
         return _from_name(cls, name)
 
     importlib.metadata.Distribution.from_name = classmethod(_hidden_from_name)
+
+    import importlib.util
+
+    _find_spec = importlib.util.find_spec
+
+    def _hidden_find_spec(name, package=None):  # absent, not broken: None, as on a machine without them
+        if name.partition(".")[0] in HIDDEN:
+            return None
+        return _find_spec(name, package)
+
+    importlib.util.find_spec = _hidden_find_spec
