@@ -186,8 +186,8 @@ class AudioSSLCLI(LightningCLI):
                 try:
                     each.set_defaults({"checkpoint.dirpath": _with_run_name(f"runs/{RUN_NAME}/checkpoints", name),
                                        "trainer.logger": _with_run_name(DEFAULT_LOGGERS, name)})
-                except (KeyError, ArgumentError):
-                    pass
+                except (KeyError, ArgumentError):  # a parser without these keys (the top-level one)
+                    continue
         try:
             if isinstance(args, dict) or (args is not None and hasattr(args, "as_dict")):
                 self.config = parser.parse_object(args)

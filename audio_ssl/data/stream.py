@@ -17,6 +17,7 @@ and the reason; a problem found late in a long file is raised when its block is 
 
 from __future__ import annotations
 
+import abc
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -63,7 +64,7 @@ def ffmpeg_available() -> bool:
     return importlib.util.find_spec("av") is not None
 
 
-class AudioStream:
+class AudioStream(abc.ABC):
     """An open recording read block by block (a context manager; see :func:`open_audio`).
 
     Attributes:
@@ -109,11 +110,13 @@ class AudioStream:
 
     exact_frames = True
 
+    @abc.abstractmethod
     def _read(self, block_frames: int) -> Iterator[np.ndarray]:
-        raise NotImplementedError
+        """Raw float32 blocks ``[n, channels]`` from the backend (each backend implements it)."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        pass
+        """Release the backend's file handle."""
 
     def __enter__(self) -> AudioStream:
         return self

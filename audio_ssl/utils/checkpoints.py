@@ -179,6 +179,16 @@ def check_run_folder(folder: str | os.PathLike, identity: dict | None, resuming:
     return []
 
 
+def _check_last_settings(every_n_train_steps: int | None, every_n_epochs: int, existing_run: str) -> None:
+    """The settings of ``last.ckpt`` (shared by :class:`LastCheckpoint` and :class:`CheckpointSettings`)."""
+    if every_n_epochs < 1:
+        raise ValueError(f"checkpoint.every_n_epochs must be >= 1, got {every_n_epochs}")
+    if every_n_train_steps is not None and every_n_train_steps < 1:
+        raise ValueError(f"checkpoint.every_n_train_steps must be >= 1 (or null), got {every_n_train_steps}")
+    if existing_run not in EXISTING_RUN_CHOICES:
+        raise ValueError(f"checkpoint.existing_run={existing_run!r} is not one of {', '.join(EXISTING_RUN_CHOICES)}")
+
+
 class LastCheckpoint(AtomicModelCheckpoint):
     """Keeps ``<dirpath>/last.ckpt`` the latest training state and guards the folder (see the module docstring).
 
@@ -203,13 +213,7 @@ class LastCheckpoint(AtomicModelCheckpoint):
 
     def __init__(self, dirpath: str | os.PathLike, every_n_train_steps: int | None = None,
                  identity: dict | None = None, existing_run: str = "refuse", every_n_epochs: int = 1):
-        if every_n_epochs < 1:
-            raise ValueError(f"checkpoint.every_n_epochs must be >= 1, got {every_n_epochs}")
-        if every_n_train_steps is not None and every_n_train_steps < 1:
-            raise ValueError(f"checkpoint.every_n_train_steps must be >= 1 (or null), got {every_n_train_steps}")
-        if existing_run not in EXISTING_RUN_CHOICES:
-            raise ValueError(f"checkpoint.existing_run={existing_run!r} is not one of "
-                             f"{', '.join(EXISTING_RUN_CHOICES)}")
+        _check_last_settings(every_n_train_steps, every_n_epochs, existing_run)
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps,
                          save_on_train_epoch_end=True, enable_version_counter=False)
         self.identity = identity
@@ -281,17 +285,11 @@ class CheckpointSettings:
         existing_run: Literal["refuse", "overwrite"] = "refuse",
         every_n_epochs: int = 1,
     ):
-        if every_n_epochs < 1:
-            raise ValueError(f"checkpoint.every_n_epochs must be >= 1, got {every_n_epochs}")
         if mode not in ("max", "min"):
             raise ValueError(f"checkpoint.mode={mode!r} is not one of max, min")
         if save_top_k < 1:
             raise ValueError(f"checkpoint.save_top_k must be >= 1, got {save_top_k}")
-        if every_n_train_steps is not None and every_n_train_steps < 1:
-            raise ValueError(f"checkpoint.every_n_train_steps must be >= 1 (or null), got {every_n_train_steps}")
-        if existing_run not in EXISTING_RUN_CHOICES:
-            raise ValueError(f"checkpoint.existing_run={existing_run!r} is not one of "
-                             f"{', '.join(EXISTING_RUN_CHOICES)}")
+        _check_last_settings(every_n_train_steps, every_n_epochs, existing_run)
         self.dirpath, self.monitor, self.mode, self.filename = dirpath, monitor, mode, filename
         self.save_top_k, self.every_n_train_steps, self.existing_run = save_top_k, every_n_train_steps, existing_run
         self.every_n_epochs = every_n_epochs
