@@ -69,6 +69,7 @@ LIGHTNING_COMMANDS = {
 TOOLS = {
     "demo": "audio_ssl.tools.demo",
     "classify": "audio_ssl.tools.classify",
+    "zeroshot": "audio_ssl.tools.zeroshot",
     "make-beats-checkpoint": "audio_ssl.tools.make_beats_checkpoint",
     "cv": "audio_ssl.tools.cv",
     "results": "audio_ssl.tools.results",
@@ -83,6 +84,7 @@ TOOL_HELP = {
     "results": "Markdown table of finished cross-validation runs",
     "probe": "linear probe of a checkpoint's encoder on one fold",
     "classify": "class predictions for audio files and folders with a checkpoint",
+    "zeroshot": "CLAP zero-shot classification of audio files against labels you name (no training)",
     "make-beats-checkpoint": "write a small random BEATs checkpoint in the official format",
     "cache": "list the waveform caches (cache list) or delete unused/damaged ones (cache clean)",
     "serve": "HTTP inference API and web page for a checkpoint (FastAPI + uvicorn)",
