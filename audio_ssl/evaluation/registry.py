@@ -32,6 +32,7 @@ PIPELINE_MODULES: dict[str, str] = {
     "pretrain_finetune": "audio_ssl.evaluation.pipelines",
     "baseline": "audio_ssl.evaluation.baselines",
     "beats_probe": "audio_ssl.evaluation.beats_probe",
+    "clap_zeroshot": "audio_ssl.evaluation.zeroshot",
 }
 """Modules imported on first lookup so their ``@register_pipeline`` decorators run."""
 

@@ -103,6 +103,48 @@ def parse_set_overrides(items: Sequence[str]) -> list[str]:
     return args
 
 
+def apply_set_overrides(config: dict, overrides: Sequence[str], source: str = "<config>") -> dict:
+    """A copy of a pipeline config with ``audio-ssl cv --set KEY=VALUE`` overrides applied, for pipelines that read
+    their own config rather than running the Lightning CLI.
+
+    ``overrides`` is what :func:`parse_set_overrides` returns (``["--data.init_args.data_dir", "DIR",
+    "--max_clips", "20"]``; ``--key=value`` items are accepted too). A dotted key sets a nested entry (missing
+    mappings are created); values are read as YAML (``20`` -> int, ``null`` -> None, ``[1, 2]`` -> list, text
+    stays text). Raises ``ValueError`` naming ``source`` for a key without a value, or a key whose parent is not
+    a mapping.
+    """
+    import copy
+
+    config = copy.deepcopy(config)
+    items = list(overrides)
+    i = 0
+    while i < len(items):
+        arg = str(items[i])
+        if not arg.startswith("--"):
+            raise ValueError(f"{source}: override {arg!r} is not a --key (expected --key value or key=value pairs)")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(items):
+                raise ValueError(f"{source}: override --{key} has no value")
+            value, i = str(items[i + 1]), i + 1
+        i += 1
+        parts = key.split(".")
+        if not all(parts):
+            raise ValueError(f"{source}: override key {key!r} is not a dotted key such as data.init_args.data_dir")
+        node = config
+        for depth, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ValueError(f"{source}: cannot set {key}: {'.'.join(parts[:depth + 1])} is not a mapping")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            node[parts[-1]] = value
+    return config
+
+
 def wandb_project(config: dict) -> str:
     """The W&B project named by a Lightning YAML's WandbLogger, else ``audio-ssl``."""
     loggers = (config.get("trainer") or {}).get("logger")
