@@ -54,6 +54,14 @@ def save_tiny_clap(folder: str | Path, seed: int = 0, fusion: bool = False) -> P
     return folder
 
 
+def hub_offline(monkeypatch) -> None:
+    """``HF_HUB_OFFLINE=1``, in the environment and in the constant huggingface_hub read from it at import."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 def offline_hub(monkeypatch, tmp_path: Path, folder: Path, repo_id: str = TINY_ID) -> Path:
     """A Hugging Face cache in ``tmp_path`` that holds ``folder`` as ``repo_id`` at ``main``; the Hub offline.
 
@@ -67,8 +75,7 @@ def offline_hub(monkeypatch, tmp_path: Path, folder: Path, repo_id: str = TINY_I
     shutil.copytree(folder, repo / "snapshots" / commit)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_offline(monkeypatch)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     return cache

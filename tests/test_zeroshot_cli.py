@@ -11,7 +11,7 @@ import soundfile as sf
 
 pytest.importorskip("transformers")
 
-from clap_utils import SAMPLE_RATE, TINY_ID, offline_hub, save_tiny_clap  # noqa: E402
+from clap_utils import SAMPLE_RATE, TINY_ID, hub_offline, offline_hub, save_tiny_clap  # noqa: E402
 
 from audio_ssl.cli import main as cli_main  # noqa: E402
 from audio_ssl.data.audio import decode_audio  # noqa: E402
@@ -19,6 +19,11 @@ from audio_ssl.evaluation.windows import window_starts  # noqa: E402
 from audio_ssl.models.clap import load_clap, prompts_for  # noqa: E402
 
 LABELS = ["dog barking", "siren", "rain"]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    hub_offline(monkeypatch)  # nothing here may reach the Hugging Face Hub
 
 
 @pytest.fixture(scope="module")

@@ -166,6 +166,12 @@ def load_clap(source: str | os.PathLike = DEFAULT_MODEL, revision: str | None = 
     return ClapZeroShot(model, processor, source=source, revision=None if local else revision, device=device)
 
 
+def _features_of(output) -> torch.Tensor:
+    """The projected embeddings [N, D] of ``get_text_features``/``get_audio_features``: an output object's
+    ``pooler_output`` (transformers 5) or the tensor itself (transformers 4)."""
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -212,8 +218,7 @@ class ClapZeroShot:
             raise ValueError("text_embeddings: no prompts")
         tokens = self.processor.tokenizer(prompts, padding=True, return_tensors="pt")
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
-        features = self.model.get_text_features(**tokens).pooler_output
-        return F.normalize(features.float(), dim=-1)
+        return F.normalize(_features_of(self.model.get_text_features(**tokens)).float(), dim=-1)
 
     def _features(self, audio, sample_rate: int, lengths) -> dict[str, torch.Tensor]:
         wave = audio.detach().float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio, np.float32)
@@ -256,9 +261,8 @@ class ClapZeroShot:
                 :attr:`max_seconds` after resampling.
         """
         inputs = self._features(audio, sample_rate, lengths)
-        features = self.model.get_audio_features(input_features=inputs["input_features"],
-                                                 is_longer=inputs["is_longer"]).pooler_output
-        return F.normalize(features.float(), dim=-1)
+        features = self.model.get_audio_features(input_features=inputs["input_features"], is_longer=inputs["is_longer"])
+        return F.normalize(_features_of(features).float(), dim=-1)
 
     def probabilities(self, audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """Zero-shot probabilities [B, L] = softmax over labels of ``logit_scale * cos`` (rows sum to 1), from

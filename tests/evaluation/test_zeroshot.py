@@ -14,7 +14,7 @@ import yaml
 
 pytest.importorskip("transformers")
 
-from clap_utils import TINY_ID, offline_hub, save_tiny_clap  # noqa: E402
+from clap_utils import TINY_ID, hub_offline, offline_hub, save_tiny_clap  # noqa: E402
 
 from audio_ssl.cli import main as cli_main  # noqa: E402
 from audio_ssl.data.audio import decode_audio  # noqa: E402
@@ -26,6 +26,11 @@ from audio_ssl.models.clap import load_clap, prompts_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "experiments" / "zoo" / "clap_zeroshot.yaml"
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    hub_offline(monkeypatch)  # nothing here may reach the Hugging Face Hub
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from clap_utils import SAMPLE_RATE, TINY_ID, offline_hub, save_tiny_clap  # noqa: E402
+from clap_utils import SAMPLE_RATE, TINY_ID, hub_offline, offline_hub, save_tiny_clap  # noqa: E402
 
 from audio_ssl.data.audio import resample  # noqa: E402
 from audio_ssl.models.clap import (  # noqa: E402
@@ -22,6 +22,11 @@ from audio_ssl.models.clap import (  # noqa: E402
 )
 
 PROMPTS = ["This is a sound of dog.", "This is a sound of siren.", "This is a sound of rain."]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    hub_offline(monkeypatch)  # nothing here may reach the Hugging Face Hub
 
 
 @pytest.fixture(scope="module")
