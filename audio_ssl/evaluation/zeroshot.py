@@ -25,7 +25,8 @@ protocol column, the details and the dataset description (whose clip set is then
 so the fold bookkeeping stays exact). The model is loaded once per process and shared by the folds.
 
 ``audio-ssl cv --set KEY=VALUE`` overrides apply to this config (``--set model=DIR``,
-``--set data.init_args.data_dir=DIR``, ``--set max_clips=20``); see
+``--set data.init_args.data_dir=DIR``, ``--set max_clips=20``; a relative folder is taken from the working
+directory, as ``data_dir`` is); see
 :func:`~audio_ssl.evaluation.run_config.apply_set_overrides`.
 """
 

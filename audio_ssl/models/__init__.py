@@ -1,4 +1,5 @@
-"""Encoders (AudioResNet, SpectrogramTransformer, BEATs in models.beats) and heads."""
+"""Encoders (AudioResNet, SpectrogramTransformer, BEATs in models.beats) and heads; CLAP zero-shot classification
+through transformers in models.clap (imported on its own: it needs the zoo extra)."""
 
 from audio_ssl.models.heads import ClassificationHead, ProjectionHead
 from audio_ssl.models.resnet import RESNET_PRESETS, AudioResNet, BasicBlock

@@ -152,7 +152,8 @@ def load_clap(source: str | os.PathLike = DEFAULT_MODEL, revision: str | None = 
                                 "weights and the processor files") from err
         raise ClapLoadError(f"cannot load the CLAP model {source!r}"
                             f"{f' (revision {revision})' if revision else ''} from the Hugging Face Hub or its "
-                            f"local cache ({_first_line(err)}): {_fetch_hint(source)}") from err
+                            f"local cache ({_first_line(err)}; no folder of that name exists here either): "
+                            f"{_fetch_hint(source)}") from err
     if getattr(config, "model_type", None) != "clap":
         raise ClapLoadError(f"{where} holds a {getattr(config, 'model_type', '?')!r} model, not a CLAP model "
                             f"(model_type 'clap'), e.g. {DEFAULT_MODEL}")

@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="run name (default: the config file's stem)")
     parser.add_argument("--out", default="results", help="results root (default: %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a Lightning CLI override for every fold, e.g. trainer.max_epochs=3 (repeatable)")
+                        help="a Lightning CLI override for every fold, e.g. trainer.max_epochs=3 (repeatable); "
+                             "pipelines that read their own config (clap_zeroshot) apply it to that config, "
+                             "e.g. --set model=DIR --set max_clips=20")
     parser.add_argument("--no-wandb", action="store_true", help="CSV logging only")
     parser.add_argument("--no-analysis", action="store_true", help="skip the error analysis at the end")
     parser.add_argument("--examples", type=int, default=8, help="clips per confidence gallery in the analysis")
