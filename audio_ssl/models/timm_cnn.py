@@ -141,6 +141,11 @@ class TimmCNN(nn.Module):
                 raise ValueError(f"TimmCNN: pretrained file {pretrained} is not a weight file "
                                  f"({', '.join(WEIGHT_SUFFIXES)})")
             return name, {"file": str(path.resolve())}, str(path.resolve())
+        if pretrained in ("None", "null"):
+            raise ValueError(
+                f"TimmCNN: pretrained={pretrained!r} is a string, not None. jsonargparse turns a nested "
+                "'--model.init_args.encoder.init_args.pretrained null' into the string 'None'; for random init pass "
+                "--model.init_args.encoder '{\"init_args\": {\"pretrained\": null}}'")
         if not _HUB_ID.match(pretrained):
             raise ValueError(f"TimmCNN: pretrained={pretrained!r} is neither an existing weight file "
                              f"({', '.join(WEIGHT_SUFFIXES)}) nor a Hugging Face hub id like "
