@@ -25,19 +25,41 @@ Layer-wise learning-rate decay: :attr:`TimmCNN.num_layers` and :meth:`TimmCNN.la
 ``group_matcher(coarse=False)`` via ``timm.models.group_parameters`` (as ``timm.optim.param_groups_layer_decay``
 does): 0 is the stem, ``i + 1`` block ``i`` (EfficientNet-B0: 16 blocks, ResNet-18: 8), and ``num_layers`` the last
 block, which timm groups with any layers after the blocks (EfficientNet's ``conv_head``/``bn2``). timm is imported lazily (inside the constructor).
+
+Rebuilding from a Lightning checkpoint (``BaseMethod.from_checkpoint``: ``audio-ssl classify``, ``probe``) runs under
+:func:`pretrained_weights_not_read`: the architecture is built without reading the hub or the weight file, since
+the checkpoint's ``state_dict`` then replaces every weight; a fine-tuned model thus loads offline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from torch import Tensor, nn
 
-__all__ = ["TimmCNN", "WEIGHT_SUFFIXES"]
+__all__ = ["TimmCNN", "WEIGHT_SUFFIXES", "pretrained_weights_not_read"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _HUB_ID = re.compile(r"^(hf-hub:)?[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+_NOT_READ: ContextVar[bool] = ContextVar("timm_cnn_pretrained_not_read", default=False)
+
+
+@contextlib.contextmanager
+def pretrained_weights_not_read() -> Iterator[None]:
+    """Inside this block, :class:`TimmCNN` builds its architecture without reading ``pretrained`` (no file, no
+    hub): for rebuilding a module from a checkpoint whose ``state_dict`` holds every weight, which is loaded
+    strictly afterwards (``BaseMethod.from_checkpoint``), so that a fine-tuned model loads offline."""
+    token = _NOT_READ.set(True)
+    try:
+        yield
+    finally:
+        _NOT_READ.reset(token)
 
 
 def _hub_cache(cache_dir: str | Path | None) -> str:
@@ -71,7 +93,8 @@ class TimmCNN(nn.Module):
     Attributes:
         out_dim: Embedding size ``D`` (timm's ``num_features``: 1280 for EfficientNet-B0, 512 for ResNet-18).
         num_layers: Largest :meth:`layer_id`.
-        pretrained_source: Where the weights came from (``"random init"``, the hub id, or the file path).
+        pretrained_source: Where the weights came from (``"random init"``, the hub id, or the file path;
+            ``"<source> (not read)"`` under :func:`pretrained_weights_not_read`).
 
     Raises:
         ValueError: an unknown architecture, a ``pretrained`` that is neither an existing weight file nor a hub
@@ -101,8 +124,8 @@ class TimmCNN(nn.Module):
         self.name = name
         kwargs = dict(in_chans=1, drop_path_rate=drop_path_rate)
 
-        if pretrained is None:
-            self.pretrained_source = "random init"
+        if pretrained is None or _NOT_READ.get():
+            self.pretrained_source = "random init" if pretrained is None else f"{pretrained} (not read)"
             backbone = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         else:
             model_name, overlay, source = self._resolve_source(str(pretrained), name, arch, timm)

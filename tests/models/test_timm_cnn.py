@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from timm.optim import param_groups_layer_decay
 
 from audio_ssl.cli import build_cli
+from audio_ssl.methods.base import BaseMethod
 from audio_ssl.models.timm_cnn import TimmCNN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,18 +224,28 @@ def recipe_weights(config: Path, tmp_path: Path) -> tuple[str, dict, Path]:
 
 
 @pytest.mark.parametrize("config", TIMM_RECIPES, ids=lambda p: p.name)
-def test_recipe_fast_dev_run_with_local_weights(config, esc50_root, cache_dir, tmp_path, monkeypatch):
+def test_recipe_fits_from_local_weights_and_reloads_offline(config, esc50_root, cache_dir, tmp_path, monkeypatch):
+    """One training step of the recipe from a local weight file; its last.ckpt then rebuilds without the file."""
     monkeypatch.chdir(tmp_path)
     name, state, path = recipe_weights(config, tmp_path)
     args = ["--config", str(config), *common_args(esc50_root, cache_dir, tmp_path),
             "--model.init_args.encoder.init_args.pretrained", str(path), "--trainer.precision", "32-true",
-            "--trainer.fast_dev_run", "true"]
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
     cli = build_cli(args, run=False)
+    stem = f"{ARCHS[name][0]}.weight"
     assert_loaded(cli.model.encoder, state, ARCHS[name][0])
-    before = cli.model.encoder.backbone.state_dict()[f"{ARCHS[name][0]}.weight"].clone()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    assert cli.trainer.state.finished and cli.model.num_classes == 5
-    assert not torch.equal(cli.model.encoder.backbone.state_dict()[f"{ARCHS[name][0]}.weight"], before)
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1 and cli.model.num_classes == 5
+    assert not torch.equal(cli.model.encoder.backbone.state_dict()[stem], state[stem].sum(1, keepdim=True))
+
+    path.unlink()  # the weights the recipe named are gone: the checkpoint holds every weight
+    rebuilt = BaseMethod.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert rebuilt.encoder.pretrained_source == f"{path} (not read)"
+    audio = torch.randn(2, 16000)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval().predict_proba(audio), cli.model.eval().predict_proba(audio))
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # outside a rebuild the file is still read
+        TimmCNN(name, pretrained=str(path))
 
 
 @pytest.mark.parametrize("config", sorted(ZOO.glob("*_probe.yaml")), ids=lambda p: p.name)
