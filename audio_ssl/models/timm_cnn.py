@@ -91,7 +91,8 @@ class TimmCNN(nn.Module):
             ``~/.cache/huggingface/hub``).
 
     Attributes:
-        out_dim: Embedding size ``D`` (timm's ``num_features``: 1280 for EfficientNet-B0, 512 for ResNet-18).
+        out_dim: Embedding size ``D`` (timm's ``head_hidden_size``, else ``num_features``: 1280 for
+            EfficientNet-B0, 512 for ResNet-18).
         num_layers: Largest :meth:`layer_id`.
         pretrained_source: Where the weights came from (``"random init"``, the hub id, or the file path;
             ``"<source> (not read)"`` under :func:`pretrained_weights_not_read`).
@@ -122,7 +123,9 @@ class TimmCNN(nn.Module):
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"TimmCNN: drop_path_rate must be in [0, 1), got {drop_path_rate}")
         self.name = name
-        kwargs = dict(in_chans=1, drop_path_rate=drop_path_rate)
+        kwargs: dict = {"in_chans": 1}
+        if drop_path_rate > 0:  # only then: not every timm CNN takes drop_path_rate
+            kwargs["drop_path_rate"] = drop_path_rate
 
         if pretrained is None or _NOT_READ.get():
             self.pretrained_source = "random init" if pretrained is None else f"{pretrained} (not read)"
@@ -139,7 +142,8 @@ class TimmCNN(nn.Module):
             backbone = self._create_pretrained(timm, model_name, overlay, source, int(classes), cache_dir, kwargs)
             backbone.reset_classifier(0)
         self.backbone = backbone
-        self.out_dim = int(backbone.num_features)
+        # the pooled output: after the pre-logits layers where a model has them (MobileNetV3's conv_head, VGG's MLP)
+        self.out_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
 
         if not hasattr(backbone, "group_matcher"):
             raise ValueError(f"TimmCNN: timm model {name!r} has no group_matcher, so no layer ids for layer-wise "
@@ -163,7 +167,7 @@ class TimmCNN(nn.Module):
             if path.suffix not in WEIGHT_SUFFIXES:
                 raise ValueError(f"TimmCNN: pretrained file {pretrained} is not a weight file "
                                  f"({', '.join(WEIGHT_SUFFIXES)})")
-            return name, {"file": str(path.resolve())}, str(path.resolve())
+            return name, {"file": str(path.resolve()), "source": None}, str(path.resolve())
         if pretrained in ("None", "null"):
             raise ValueError(
                 f"TimmCNN: pretrained={pretrained!r} is a string, not None. jsonargparse turns a nested "

@@ -175,6 +175,17 @@ def test_shapes(name):
         encoder(torch.randn(3, 2, 64, 101))
 
 
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "regnetx_002", "convnext_atto"])
+def test_other_timm_cnns(name):
+    """Any timm CNN: out_dim is the pooled output's size also where pre-logits layers follow the pooling
+    (MobileNetV3)."""
+    encoder = TimmCNN(name).eval()
+    with torch.no_grad():
+        assert encoder(torch.randn(2, 1, 64, 64)).shape == (2, encoder.out_dim)
+    ids = [encoder.layer_id(k) for k, _ in encoder.named_parameters()]
+    assert ids == sorted(ids) and ids[0] == 0 and ids[-1] == encoder.num_layers > 1
+
+
 @pytest.mark.parametrize("name", sorted(ARCHS))
 def test_layer_ids_follow_timm_group_matcher(name):
     encoder = TimmCNN(name)
