@@ -7,13 +7,12 @@
 Pretrained weights are loaded by timm's own pretrained loader (``timm.models.load_pretrained``, reached through
 ``timm.create_model(pretrained=True, pretrained_cfg_overlay=...)``) for both sources, a Hugging Face hub id
 (``timm/efficientnet_b0.ra_in1k``) or a local file (``.safetensors``; ``.pth``/``.pt``/``.bin`` read with
-``torch.load(weights_only=True)``); only where the state dict comes from differs. That loader adapts the RGB
-stem to one channel by summing the kernel over the colour channels (``timm.models.adapt_input_conv``; the same
-adaptation as Palanisamy et al., 2020, "Rethinking CNN Models for Audio Classification", arXiv:2007.11154, which
-feeds a spectrogram to all three channels: ``conv(x, W_r) + conv(x, W_g) + conv(x, W_b) = conv(x, W_r + W_g +
-W_b)``). The load is strict: the model is built with the checkpoint's classifier (``pretrained_classes``, by
-default the pretrained config's, 1000 for ImageNet-1k) so timm keeps ``strict=True``, and the classifier is
-removed afterwards (``reset_classifier(0)``).
+``torch.load(weights_only=True)``); only where the state dict comes from differs. That loader adapts the RGB stem
+to one channel by summing the kernel over the colour channels (``timm.models.adapt_input_conv``), so the
+one-channel network on ``x`` is exactly the RGB network fed ``x`` in all three channels:
+``conv(x, W_r) + conv(x, W_g) + conv(x, W_b) = conv(x, W_r + W_g + W_b)``. The load is strict: the model is built with the checkpoint's
+classifier (``pretrained_classes``, by default the pretrained config's, 1000 for ImageNet-1k) so timm keeps
+``strict=True``, and the classifier is removed afterwards (``reset_classifier(0)``).
 
 Input scale: ImageNet weights expect each colour channel standardised with the dataset mean and std (timm's
 ``pretrained_cfg['mean'/'std']``), i.e. roughly zero mean and unit variance; with the summed kernel, a one-channel
@@ -23,12 +22,14 @@ ImageNet mean/std (see ``experiments/zoo/efficientnet_b0_finetune.yaml`` for the
 
 Layer-wise learning-rate decay: :attr:`TimmCNN.num_layers` and :meth:`TimmCNN.layer_id` come from the model's
 ``group_matcher(coarse=False)`` via ``timm.models.group_parameters`` (as ``timm.optim.param_groups_layer_decay``
-does): 0 is the stem, ``i + 1`` block ``i`` (EfficientNet-B0: 16 blocks, ResNet-18: 8), and ``num_layers`` the last
-block, which timm groups with any layers after the blocks (EfficientNet's ``conv_head``/``bn2``). timm is imported lazily (inside the constructor).
+does): 0 is the stem, ``i + 1`` block ``i`` (EfficientNet-B0: 16 blocks, ResNet-18: 8), and ``num_layers`` the
+last block, which timm groups with any layers after the blocks (EfficientNet's ``conv_head``/``bn2``).
 
-Rebuilding from a Lightning checkpoint (``BaseMethod.from_checkpoint``: ``audio-ssl classify``, ``probe``) runs under
-:func:`pretrained_weights_not_read`: the architecture is built without reading the hub or the weight file, since
-the checkpoint's ``state_dict`` then replaces every weight; a fine-tuned model thus loads offline.
+timm is imported lazily (inside the constructor).
+
+Rebuilding from a Lightning checkpoint (``BaseMethod.from_checkpoint``: ``audio-ssl classify``, ``probe``) runs
+under :func:`pretrained_weights_not_read`: the architecture is built without reading the hub or the weight file,
+since the checkpoint's ``state_dict`` then replaces every weight; a fine-tuned model thus loads offline.
 """
 
 from __future__ import annotations
