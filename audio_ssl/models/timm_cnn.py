@@ -10,9 +10,9 @@ Pretrained weights are loaded by timm's own pretrained loader (``timm.models.loa
 ``torch.load(weights_only=True)``); only where the state dict comes from differs. That loader adapts the RGB stem
 to one channel by summing the kernel over the colour channels (``timm.models.adapt_input_conv``), so the
 one-channel network on ``x`` is exactly the RGB network fed ``x`` in all three channels:
-``conv(x, W_r) + conv(x, W_g) + conv(x, W_b) = conv(x, W_r + W_g + W_b)``. The load is strict: the model is built with the checkpoint's
-classifier (``pretrained_classes``, by default the pretrained config's, 1000 for ImageNet-1k) so timm keeps
-``strict=True``, and the classifier is removed afterwards (``reset_classifier(0)``).
+``conv(x, W_r) + conv(x, W_g) + conv(x, W_b) = conv(x, W_r + W_g + W_b)``. The load is strict: the model is
+built with the checkpoint's classifier (``pretrained_classes``, by default the pretrained config's, 1000 for
+ImageNet-1k) so timm keeps ``strict=True``, and the classifier is removed afterwards (``reset_classifier(0)``).
 
 Input scale: ImageNet weights expect each colour channel standardised with the dataset mean and std (timm's
 ``pretrained_cfg['mean'/'std']``), i.e. roughly zero mean and unit variance; with the summed kernel, a one-channel
