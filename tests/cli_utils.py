@@ -18,9 +18,10 @@ __all__ = ["common_args", "lightning_configs", "small_overrides"]
 
 
 def lightning_configs() -> list[Path]:
-    """Every experiment YAML that the Lightning CLI runs (pipeline configs have their own tests)."""
-    return [p for p in sorted((ROOT / "experiments").glob("*.yaml"))
-            if "pipeline" not in (yaml.safe_load(p.read_text()) or {})]
+    """Every experiment YAML that the Lightning CLI runs, in ``experiments/`` and the model zoo's
+    ``experiments/zoo/`` (pipeline configs have their own tests)."""
+    paths = sorted((ROOT / "experiments").glob("*.yaml")) + sorted((ROOT / "experiments" / "zoo").glob("*.yaml"))
+    return [p for p in paths if "pipeline" not in (yaml.safe_load(p.read_text()) or {})]
 
 
 def small_overrides(config: Path) -> list[str]:

@@ -37,6 +37,7 @@ from torch import nn
 from audio_ssl.features.logmel import LogMelSpectrogram
 from audio_ssl.methods.metrics import WeightedMean
 from audio_ssl.methods.monitors import KNNMonitor, OnlineProbe
+from audio_ssl.models.timm_cnn import pretrained_weights_not_read
 from audio_ssl.utils.distributed import convert_sync_batchnorm, destroy_process_group_at_exit
 from audio_ssl.utils.optim import build_optimizer, build_scheduler, split_decay
 from audio_ssl.utils.provenance import (
@@ -216,12 +217,14 @@ class BaseMethod(L.LightningModule):
 
     @staticmethod
     def from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> BaseMethod:
-        """The method a checkpoint describes, with its weights: :meth:`from_metadata` (no YAML needed), then
-        ``state_dict`` loaded strictly. Raises ValueError as :meth:`from_metadata` does."""
+        """The method a checkpoint describes, with its weights: :meth:`from_metadata` (no YAML needed; encoders
+        with outside weights build the architecture only, see ``pretrained_weights_not_read``), then ``state_dict``
+        loaded strictly. Raises ValueError as :meth:`from_metadata` does."""
         from audio_ssl.utils.provenance import checkpoint_metadata, read_checkpoint
 
         checkpoint = read_checkpoint(Path(path))
-        model = BaseMethod.from_metadata(checkpoint_metadata(checkpoint), str(path))
+        with pretrained_weights_not_read():  # every weight comes from the checkpoint: no hub, no weight file
+            model = BaseMethod.from_metadata(checkpoint_metadata(checkpoint), str(path))
         model.load_state_dict(checkpoint["state_dict"])
         return model.to(map_location)
 
