@@ -318,3 +318,22 @@ def test_cv_stacks_overlays_and_sets_pipeline_keys(tmp_path, esc50_root, cache_d
             main(["cv", *argv, "--no-wandb"])
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_shipped_probe_pipelines_take_every_size():
+    """Each ``experiments/<method>_probe.yaml`` pretrains ``<method>.yaml``; ``--pipeline-set size=cpu`` stacks
+    ``cpu/<method>.yaml`` on it (the files the former ``<method>_probe_cpu*.yaml`` pipelines named)."""
+    from audio_ssl.evaluation.pipelines import PIPELINE_KEYS, check_pipeline_config
+
+    experiments = ROOT / "experiments"
+    probes = [p for p in sorted(experiments.glob("*_probe.yaml"))  # linear_probe.yaml pretrains supervised_cpu
+              if p.stem != "linear_probe" and run_config.load_config(p).get("pipeline") == "pretrain_probe"]
+    assert {p.stem for p in probes} >= {"simclr_probe", "byola_probe", "masked_cnn_probe", "masked_transformer_probe"}
+    for path in probes:
+        config = run_config.load_config(path)
+        check_pipeline_config(config, "pretrain_probe", str(path))
+        recipe = experiments / f"{path.stem.removesuffix('_probe')}.yaml"
+        assert run_config.stage_configs(config, "pretrain", path) == [recipe]
+        sized = run_config.apply_pipeline_set(config, ["size=cpu", "transductive=true"],
+                                              PIPELINE_KEYS["pretrain_probe"], str(path))
+        assert run_config.stage_configs(sized, "pretrain", path) == [recipe, experiments / "cpu" / recipe.name]
