@@ -132,9 +132,9 @@ def run_cv(
         raise ValueError(f"folds {bad} are out of range: {config_path.name} uses a dataset with folds 1..{num_folds}")
     overrides = tuple(overrides)
     run_dir = Path(out) / name
+    fingerprint = config_fingerprint(config_path, overrides, config, overlays)
     record = run_store.RunRecord(name=name, config_file=str(config_path), pipeline=pipeline,
-                                 overrides=list(overrides), fingerprint=config_fingerprint(config_path, overrides, config, overlays),
-                                 num_folds=num_folds)
+                                 overrides=list(overrides), fingerprint=fingerprint, num_folds=num_folds)
     if is_rank_zero():  # DDP: the other ranks start later, from rank 0's first Trainer call
         run_store.open_run(run_dir, record)
 
