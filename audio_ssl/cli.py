@@ -8,7 +8,11 @@ stopped; ``best-*.ckpt`` is kept only with a ``val_fold`` (never chosen on the t
 folder holding another run is refused. ``validate``/``test``/``predict`` need ``--ckpt_path`` (or
 ``--allow_untrained true``). Recipes name no run folder: ``checkpoint.dirpath`` (``runs/<run_name>/checkpoints``)
 and the loggers (:data:`DEFAULT_LOGGERS`, in ``runs/<run_name>``) follow ``--run_name``, by default the stem of the
-first ``--config`` file; more ``--config`` files stack on a recipe.
+first ``--config`` file. More ``--config`` files stack on a recipe, later values winning: a size overlay
+(``--config experiments/simclr.yaml --config experiments/cpu/simclr.yaml``) states only what the size changes and
+names the run ``simclr_cpu`` (:func:`stacked_name`). Values stated once are linked at parse time (:data:`LINKED`):
+the data's ``sample_rate`` is the model's and its front end's, a spectrogram encoder's ``n_mels`` is its front
+end's; setting a linked value by hand is refused.
 
 Project tools (own argument parsers): ``demo`` (synthetic data, end to end), ``cv`` (k-fold cross-validation),
 ``results`` (Markdown table of CV summaries), ``probe`` (linear probe on a checkpoint), ``classify`` (any audio
@@ -149,10 +153,12 @@ class AudioSSLCLI(LightningCLI):
                                  "on purpose (otherwise refused)")
         parser.add_argument("--run_name", type=str | None, default=None,
                             help="names the run's folders: checkpoints in runs/<run_name>/checkpoints, logs in "
-                                 "runs/<run_name> (default: the stem of the first --config file)")
+                                 "runs/<run_name> (default: the first --config file's stem, plus _<folder> per size overlay "
+                                 "of the same stem: simclr.yaml + cpu/simclr.yaml -> simclr_cpu)")
         parser.set_defaults({"checkpoint.dirpath": f"runs/{RUN_NAME}/checkpoints", "trainer.logger": DEFAULT_LOGGERS})
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.init_args.sample_rate", "model.init_args.sample_rate")
+        for source, target in LINKED:
+            parser.link_arguments(source, target)
 
     def instantiate_trainer(self, **kwargs):
         """The trainer, with the checkpoint callbacks of :class:`CheckpointSettings` for this data module."""
@@ -181,7 +187,16 @@ class AudioSSLCLI(LightningCLI):
         """Parse ``args`` (``None``: the command line). ``build_cli`` and the project tools pass their arguments
         explicitly on purpose, so Lightning's warning about ``args`` next to ``sys.argv`` does not apply. A
         config error is one message and a pointer to ``--help`` instead of the full usage."""
-        name = run_name_from_args(list(sys.argv[1:] if args is None else args)) if isinstance(args, (list, type(None))) else None
+        argv = list(sys.argv[1:] if args is None else args) if isinstance(args, (list, type(None))) else None
+        name = run_name_from_args(argv) if argv is not None else None
+        if argv is not None:
+            try:
+                check_linked_not_set(argv)
+            except ValueError as err:
+                command = next((a for a in argv if a in self.subcommands()), None)
+                prog = f"audio-ssl {command}" if command else "audio-ssl"
+                sys.stderr.write(f"{prog}: error: {err}\nsee {prog} --help\n")
+                raise SystemExit(2) from None
         for each in [parser, *getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}).values()]:
             each.exit_on_error = False
             if name:  # the run folders by name already in the defaults, so --print_config shows them resolved
@@ -273,33 +288,92 @@ DEFAULT_LOGGERS = [
 ``runs/<run_name>``, next to the checkpoints in ``runs/<run_name>/checkpoints`` (the ``checkpoint.dirpath`` default)."""
 
 
+def stacked_name(paths: list[str]) -> str:
+    """The run name of stacked ``--config`` files: the first file's stem, plus ``_<folder>`` for every later file
+    of the same stem (a size overlay: ``simclr.yaml`` + ``cpu/simclr.yaml`` -> ``simclr_cpu``). Other overlays
+    (``my_tweak.yaml``) leave the name alone; name such a run with ``--run_name``."""
+    first = Path(paths[0])
+    name = first.stem
+    for path in map(Path, paths[1:]):
+        if path.stem == first.stem and path.parent.name:
+            name += f"_{path.parent.name}"
+    return name
+
+
 def run_name(config) -> str:
-    """The run's name: ``--run_name``, else the stem of the first ``--config`` file, else ``default``."""
+    """The run's name: ``--run_name``, else the stacked ``--config`` files' name (:func:`stacked_name`), else
+    ``default``."""
     name = config.get("run_name") if "run_name" in config else None
     if name:
         return str(name)
     files = config.get("config") if "config" in config else None
-    files = [f for f in (files or []) if f is not None]
-    if files:
-        first = files[0]
-        return Path(str(getattr(first, "relative", None) or first)).stem
-    return "default"
+    files = [str(getattr(f, "relative", None) or f) for f in (files or []) if f is not None]
+    return stacked_name(files) if files else "default"
+
+
+def _option_values(argv: list[str], option: str) -> list[str]:
+    """Every value of ``option`` in a command line (``--option VALUE`` and ``--option=VALUE``), in order."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg == option and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif arg.startswith(option + "="):
+            values.append(arg.split("=", 1)[1])
+    return values
 
 
 def run_name_from_args(argv: list[str]) -> str | None:
-    """The run's name from a command line: ``--run_name``, else the stem of the first ``--config`` file."""
-    found = {}
-    for i, arg in enumerate(argv):
-        for option in ("--run_name", "--config"):
-            if arg == option and i + 1 < len(argv):
-                found.setdefault(option, argv[i + 1])
-            elif arg.startswith(option + "="):
-                found.setdefault(option, arg.split("=", 1)[1])
-    if found.get("--run_name"):
-        return found["--run_name"]
-    if found.get("--config") and not found["--config"].lstrip().startswith(("{", "[")):
-        return Path(found["--config"]).stem
-    return None
+    """The run's name from a command line: ``--run_name``, else the stacked ``--config`` files' name."""
+    names = _option_values(argv, "--run_name")
+    if names and names[0]:
+        return names[0]
+    files = [f for f in _option_values(argv, "--config") if not f.lstrip().startswith(("{", "["))]
+    return stacked_name(files) if files else None
+
+
+LINKED = (
+    ("data.init_args.sample_rate", "model.init_args.sample_rate"),
+    ("data.init_args.sample_rate", "model.init_args.frontend.init_args.sample_rate"),
+    ("model.init_args.frontend.init_args.n_mels", "model.init_args.encoder.init_args.n_mels"),
+    ("model.init_args.patch_size", "model.init_args.encoder.init_args.patch_size"),
+)
+"""Values stated once and copied at parse time (``source``, ``target``): the data's sample rate is the model's and
+its front end's; a spectrogram encoder's ``n_mels`` is the front end's; its ``patch_size`` is the masked method's.
+A target absent from the chosen classes (an encoder without ``n_mels``) is skipped. Setting a target by hand is
+refused (:func:`check_linked_not_set`): jsonargparse would overwrite it without a word."""
+
+
+def _nested(mapping, dotted: str):
+    """``mapping['a']['b']`` for ``'a.b'``; ``KeyError`` when a level is missing or not a mapping."""
+    for part in dotted.split("."):
+        if not isinstance(mapping, dict) or part not in mapping:
+            raise KeyError(dotted)
+        mapping = mapping[part]
+    return mapping
+
+
+def check_linked_not_set(argv: list[str]) -> None:
+    """Raise ValueError, naming the file or option and the key to set instead, when a command line or one of its
+    ``--config`` files sets a :data:`LINKED` target (it would be overwritten by its source)."""
+    import yaml
+
+    for source, target in LINKED:
+        if any(a == f"--{target}" or a.startswith(f"--{target}=") for a in argv):
+            raise ValueError(f"--{target} is linked to {source} (stated once): set --{source} instead")
+    for value in _option_values(argv, "--config"):
+        path = Path(value)
+        if value.lstrip().startswith(("{", "[")) or not path.is_file():
+            continue  # jsonargparse reports a missing file itself
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            continue  # jsonargparse reports the syntax error with its position
+        for source, target in LINKED:
+            try:
+                _nested(config, target)
+            except KeyError:
+                continue
+            raise ValueError(f"{path}: {target} is linked to {source} (stated once): remove it and set {source}")
 
 
 def _with_run_name(value, name: str):

@@ -1,7 +1,7 @@
 """What the CLI tests share: the Lightning recipes of ``experiments/``, the per-recipe overrides that make them
-CPU-test sized (``tests/fast_dev_run/<stem>.json``) and the arguments that point a run at the test data.
+CPU-test sized (``tests/fast_dev_run/<run name>.json``) and the arguments that point a run at the test data.
 
-    from cli_utils import common_args, lightning_configs, small_overrides  # tests/ is on sys.path
+    from cli_utils import common_args, config_args, lightning_configs, small_overrides  # tests/ is on sys.path
 """
 
 from __future__ import annotations
@@ -14,21 +14,50 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = Path(__file__).resolve().parent / "fast_dev_run"
 
-__all__ = ["common_args", "lightning_configs", "small_overrides"]
+__all__ = ["common_args", "config_args", "lightning_configs", "run_id", "small_overrides"]
 
 
-def lightning_configs() -> list[Path]:
-    """Every experiment YAML that the Lightning CLI runs, in ``experiments/`` and the model zoo's
-    ``experiments/zoo/`` (pipeline configs have their own tests)."""
-    paths = sorted((ROOT / "experiments").glob("*.yaml")) + sorted((ROOT / "experiments" / "zoo").glob("*.yaml"))
-    return [p for p in paths if "pipeline" not in (yaml.safe_load(p.read_text()) or {})]
+def lightning_configs() -> list[tuple[Path, ...]]:
+    """Every Lightning run the experiments define, as the ``--config`` files in order: each recipe of
+    ``experiments/**/*.yaml`` alone, and each recipe with every overlay of the same name in a subfolder
+    (``experiments/cpu/simclr.yaml`` -> ``(simclr.yaml, cpu/simclr.yaml)``). Pipeline configs (a ``pipeline:``
+    key) have their own tests."""
+    root = ROOT / "experiments"
+    files = [p for p in sorted(root.rglob("*.yaml")) if "pipeline" not in (yaml.safe_load(p.read_text()) or {})]
+    recipes = {p.stem: p for p in files if p.parent == root}
+    runs: list[tuple[Path, ...]] = []
+    for path in files:
+        if path.parent != root and path.stem in recipes:
+            runs.append((recipes[path.stem], path))  # a size overlay, stacked on its recipe
+        else:
+            runs.append((path,))
+    return runs
 
 
-def small_overrides(config: Path) -> list[str]:
+def config_args(configs: Path | tuple[Path, ...]) -> list[str]:
+    """``--config`` arguments for one file or a stack of them."""
+    configs = (configs,) if isinstance(configs, Path) else tuple(configs)
+    return [arg for path in configs for arg in ("--config", str(path))]
+
+
+def run_id(configs: Path | tuple[Path, ...]) -> str:
+    """A test id: ``simclr.yaml`` or ``simclr.yaml+cpu/simclr.yaml``."""
+    configs = (configs,) if isinstance(configs, Path) else tuple(configs)
+    return "+".join(str(p.relative_to(ROOT / "experiments")) for p in configs)
+
+
+def small_overrides(configs: Path | tuple[Path, ...]) -> list[str]:
     """Extra CLI arguments that make a recipe small enough for a CPU test (the architecture family kept):
-    ``tests/fast_dev_run/<config stem>.json`` holds a JSON list of arguments."""
-    path = OVERRIDES / f"{config.stem}.json"
-    return json.loads(path.read_text()) if path.exists() else []
+    ``tests/fast_dev_run/<run name>.json`` (``simclr_cpu.json`` for ``simclr.yaml`` + ``cpu/simclr.yaml``, the
+    CLI's run name), else ``<recipe stem>.json``, holds a JSON list of arguments."""
+    from audio_ssl.cli import stacked_name
+
+    configs = (configs,) if isinstance(configs, Path) else tuple(configs)
+    for name in dict.fromkeys([stacked_name([str(p) for p in configs]), configs[0].stem]):
+        path = OVERRIDES / f"{name}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+    return []
 
 
 def common_args(esc50_root, cache_dir, tmp_path, batch_size=4) -> list[str]:

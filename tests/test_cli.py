@@ -15,26 +15,113 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from cli_utils import common_args, lightning_configs, small_overrides
+from cli_utils import common_args, config_args, lightning_configs, run_id, small_overrides
 
-from audio_ssl.cli import build_cli
+from audio_ssl.cli import LINKED, build_cli, main
 from audio_ssl.utils.checkpoints import RUN_FILE, RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = lightning_configs()
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_config_prints(config, capsys, monkeypatch, tmp_path):
+def merged(configs) -> dict:
+    """The stacked YAML files merged as the CLI does for plain values: later files win, mappings merge."""
+    def merge(base, extra):
+        if isinstance(base, dict) and isinstance(extra, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in extra.items()}}
+        return extra
+    result: dict = {}
+    for path in configs:
+        result = merge(result, yaml.safe_load(path.read_text()) or {})
+    return result
+
+
+@pytest.mark.parametrize("configs", CONFIGS, ids=run_id)
+def test_config_prints(configs, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        build_cli(["fit", "--config", str(config), "--print_config"])
+        build_cli(["fit", *config_args(configs), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    source = yaml.safe_load(config.read_text())
-    for section in ("model", "data", "trainer"):  # every value the recipe states is the resolved one
+    source = merged(configs)
+    for section in ("model", "data", "trainer"):  # every value the recipe (and overlay) states is the resolved one
         assert_contains(source[section], printed[section], section)
     assert "num_classes" not in printed["model"]["init_args"]  # linked from the data module, never stated
+    for _, target in LINKED:  # linked values are stated nowhere and resolved from their source
+        with pytest.raises(KeyError):
+            nested(source, target)
+
+
+def nested(mapping, dotted: str):
+    for part in dotted.split("."):
+        mapping = mapping[part]
+    return mapping
+
+
+def leaves(mapping, prefix=""):
+    """``{"a.b": value}`` for every leaf of nested mappings (lists are leaves)."""
+    if not isinstance(mapping, dict):
+        return {prefix: mapping}
+    out = {}
+    for key, value in mapping.items():
+        out.update(leaves(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+OVERLAID = [c for c in CONFIGS if len(c) == 2 and c[1].parent.name == "cpu"]
+
+
+def test_every_former_cpu_recipe_is_an_overlay():
+    assert sorted(c[1].stem + "_cpu" for c in OVERLAID) == sorted(
+        p.stem for p in (ROOT / "tests" / "expected_configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("configs", OVERLAID, ids=run_id)
+def test_size_overlay_resolves_to_the_former_cpu_recipe(configs, capsys, monkeypatch, tmp_path):
+    """recipe + cpu overlay == the resolved config of the former ``<method>_cpu.yaml``, leaf by leaf (run folders
+    included: the stacked run is named ``<method>_cpu``). Values now linked must equal their source; a leaf only
+    in the stacked config must be stated by no recipe file (a default added to a class later)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        build_cli(["fit", *config_args(configs), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = yaml.safe_load((ROOT / "tests" / "expected_configs" / f"{configs[1].stem}_cpu.yaml").read_text())
+    got, want = leaves(printed), leaves(expected)
+    linked = dict((target, source) for source, target in LINKED)
+    for key, value in want.items():
+        if key in linked and key not in got:
+            assert got[linked[key]] == value, f"{key} (linked to {linked[key]})"
+        else:
+            assert key in got, f"{key} missing from the stacked config"
+            assert got[key] == value, f"{key}: {got[key]!r} != {value!r}"
+    stated = leaves(merged(configs))
+    extra = sorted(k for k in got if k not in want)
+    assert not [k for k in extra if k in stated], extra
+
+
+def test_linked_values_follow_their_source_and_are_never_set_by_hand(monkeypatch, tmp_path, capsys):
+    """The data's sample rate reaches the model and its front end, the front end's n_mels the Transformer encoder,
+    the method's patch_size the encoder's; a linked value set by hand (command line or file) is refused."""
+    monkeypatch.chdir(tmp_path)
+    stack = [ROOT / "experiments" / "masked_transformer.yaml", ROOT / "experiments" / "cpu" / "masked_transformer.yaml"]
+    cli = build_cli([*config_args(tuple(stack)), "--data.init_args.sample_rate", "22050",
+                     "--model.init_args.frontend.init_args.n_mels", "32", "--model.init_args.patch_size", "8",
+                     "--trainer.logger", "false"], run=False)
+    model = cli.model
+    assert model.sample_rate == model.frontend.sample_rate == 22050
+    assert model.frontend.n_mels == model.encoder.n_mels == 32
+    assert model.encoder.patch_size == model.patch_size == (8, 8)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *config_args(tuple(stack)), "--model.init_args.encoder.init_args.n_mels", "64"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model.init_args.encoder.init_args.n_mels is linked to model.init_args.frontend.init_args.n_mels" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    frontend:\n      init_args:\n        sample_rate: 22050\n")
+    with pytest.raises(SystemExit):
+        main(["fit", *config_args(tuple(stack)), "--config", str(bad), "--print_config"])
+    err = capsys.readouterr().err
+    assert f"{bad}: model.init_args.frontend.init_args.sample_rate is linked to data.init_args.sample_rate" in err
 
 
 def assert_contains(expected, actual, where: str) -> None:
@@ -58,15 +145,15 @@ def assert_contains(expected, actual, where: str) -> None:
         assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_config_fast_dev_run(config, esc50_root, cache_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("configs", CONFIGS, ids=run_id)
+def test_config_fast_dev_run(configs, esc50_root, cache_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    if config.stem.startswith("beats_"):  # the overrides point at a tiny random checkpoint in the official format
+    if configs[0].stem.startswith("beats_"):  # the overrides point at a tiny random checkpoint in the official format
         from audio_ssl.tools.make_beats_checkpoint import ensure_tiny_checkpoint
 
         ensure_tiny_checkpoint()
-    args = ["fit", "--config", str(config), *common_args(esc50_root, cache_dir, tmp_path),
-            "--trainer.fast_dev_run", "true", *small_overrides(config)]
+    args = ["fit", *config_args(configs), *common_args(esc50_root, cache_dir, tmp_path),
+            "--trainer.fast_dev_run", "true", *small_overrides(configs)]
     cli = build_cli(args)
     assert cli.trainer.state.finished
     assert cli.model.num_classes == 5  # linked from the data module
@@ -243,7 +330,7 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     import lightning as L
-    from audio_ssl.cli import build_cli
+    from audio_ssl.cli import LINKED, build_cli, main
 
     class KillMidEpoch(L.Callback):
         def on_train_batch_end(self, trainer, *args):
@@ -288,16 +375,19 @@ def test_fit_without_a_logger_writes_nothing_into_the_working_directory(esc50_ro
 
 
 def test_run_folders_follow_one_name(capsys, monkeypatch, tmp_path):
-    """Recipes state no logger or checkpoint folder: both derive from --run_name, by default the config's stem."""
+    """Recipes state no logger or checkpoint folder: both derive from --run_name, by default the config's stem
+    (``_cpu`` added by the cpu size overlay)."""
     monkeypatch.chdir(tmp_path)
-    config = ROOT / "experiments" / "simclr_cpu.yaml"
-    for extra, name in (([], "simclr_cpu"), (["--run_name", "trial"], "trial")):
+    recipe, overlay = ROOT / "experiments" / "simclr.yaml", ROOT / "experiments" / "cpu" / "simclr.yaml"
+    for configs, extra, name in (((recipe,), [], "simclr"), ((recipe, overlay), [], "simclr_cpu"),
+                                 ((recipe, overlay), ["--run_name", "trial"], "trial")):
         with pytest.raises(SystemExit):
-            build_cli(["fit", "--config", str(config), *extra, "--print_config"])
+            build_cli(["fit", *config_args(configs), *extra, "--print_config"])
         printed = yaml.safe_load(capsys.readouterr().out)
         assert printed["checkpoint"]["dirpath"] == f"runs/{name}/checkpoints"
         assert [lg["init_args"]["save_dir"] for lg in printed["trainer"]["logger"]] == [f"runs/{name}"] * 2
     from audio_ssl.cli import _with_run_name, run_name_from_args
 
     assert run_name_from_args(["fit", "--config=a/b.yaml", "--config", "c.yaml"]) == "b"
+    assert run_name_from_args(["fit", "--config=a/b.yaml", "--config", "a/cpu/b.yaml"]) == "b_cpu"
     assert _with_run_name({"x": ["runs/{run_name}"]}, "n") == {"x": ["runs/n"]}

@@ -67,7 +67,7 @@ def fitted(tmp_path_factory, esc50_root, cache_dir):
 
 # ---------------------------------------------------------------------------------------------- data location
 def test_recipes_name_no_machine_specific_data_folder():
-    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+    for path in sorted((ROOT / "experiments").rglob("*.yaml")):
         config = yaml.safe_load(path.read_text()) or {}
         data = config.get("data") or {}
         assert "data_dir" not in (data.get("init_args") or {}), f"{path.name} sets data_dir"

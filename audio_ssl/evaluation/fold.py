@@ -38,7 +38,8 @@ class FoldContext:
     checkpoints and caches. ``config_path``: the YAML file (``None`` for a config built in code: relative
     paths then resolve against the working directory). ``overrides``: Lightning CLI arguments to append to
     every Lightning run (``audio-ssl cv --set``/trailing args). ``run_name``, ``wandb``, ``wandb_project``:
-    the CV run, for the loggers of its Lightning stages.
+    the CV run, for the loggers of its Lightning stages. ``overlays``: Lightning YAMLs stacked after a plain
+    Lightning ``config_path`` (``audio-ssl cv --config recipe.yaml --config cpu/recipe.yaml``).
     """
 
     config: dict
@@ -49,6 +50,7 @@ class FoldContext:
     run_name: str = "cv"
     wandb: bool = False
     wandb_project: str = "audio-ssl"
+    overlays: tuple[Path, ...] = ()
 
     @property
     def source(self) -> str:

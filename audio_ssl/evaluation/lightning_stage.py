@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from audio_ssl.evaluation.fold import (
@@ -35,15 +35,17 @@ log = logging.getLogger(__name__)
 FINAL_WEIGHTS = "final.ckpt"
 
 
-def lightning_args(context: FoldContext, config_path: Path, stage_dir: Path, stage: str = "fit") -> list[str]:
-    """Lightning CLI arguments that put one stage of the context's fold in place: the held-out fold, the stage's
-    folder for checkpoints and logs, and its loggers. Append the stage's own overrides and then
-    ``context.overrides``."""
+def lightning_args(context: FoldContext, config_path: Path | Sequence[Path], stage_dir: Path,
+                   stage: str = "fit") -> list[str]:
+    """Lightning CLI arguments that put one stage of the context's fold in place: its YAML (or a recipe and its
+    overlays, as consecutive ``--config`` arguments), the held-out fold, the stage's folder for checkpoints and
+    logs, and its loggers. Append the stage's own overrides and then ``context.overrides``."""
     name = f"{context.run_name}-fold{context.fold}" + ("" if stage == "fit" else f"-{stage}")
     loggers = logger_spec(stage_dir, name, stage, group=context.run_name if context.wandb else None,
                           project=context.wandb_project)
+    paths = [config_path] if isinstance(config_path, (str, Path)) else list(config_path)
     return [
-        "--config", str(config_path),
+        *[arg for path in paths for arg in ("--config", str(path))],
         "--data.init_args.test_fold", str(context.fold),
         "--trainer.default_root_dir", str(stage_dir),
         "--checkpoint.dirpath", str(stage_dir / "checkpoints"),

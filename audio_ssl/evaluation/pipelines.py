@@ -8,15 +8,17 @@ Pipeline config format
 A pipeline config is a YAML with a top-level ``pipeline:`` key; paths are relative to the YAML's folder::
 
     pipeline: pretrain_probe            # or pretrain_finetune
-    pretrain: simclr_cpu.yaml           # a Lightning YAML (any BaseMethod with embed(); labels only feed
-                                        #   its online-probe / kNN monitors, never the encoder)
+    pretrain: simclr.yaml               # a Lightning YAML (any BaseMethod with embed(); labels only feed
+                                        #   its online-probe / kNN monitors, never the encoder), or a list:
+                                        #   a recipe then overlays, [simclr.yaml, cpu/simclr.yaml]
+    size: cpu                           # optional: add each stage recipe's overlay <recipe folder>/cpu/<recipe>
     pretrain_overrides: ["--trainer.max_epochs", "100"]   # optional, extra CLI args for pretraining
     transductive: false                 # true: pretrain on every fold's audio, the test fold included;
                                         #   results are marked "pretraining saw test-fold audio"
     probe: linear_probe.yaml            # pretrain_probe: probe settings, a YAML path or an inline mapping
                                         #   (see experiments/linear_probe.yaml); default settings if absent
     finetune: supervised_cpu.yaml       # pretrain_finetune: the supervised Lightning YAML to fine-tune with
-                                        #   (its encoder must match the pretrained one)
+                                        #   (its encoder must match the pretrained one); a list stacks, as above
     finetune_overrides: []              # optional, extra CLI args for both fine-tuning runs
 
 ``audio-ssl cv --config PIPELINE.yaml`` runs, for each held-out fold ``k`` (folder ``fold{k}/``):
@@ -37,6 +39,8 @@ A pipeline config is a YAML with a top-level ``pipeline:`` key; paths are relati
   and ``random_init``.
 
 Run-level overrides (``audio-ssl cv --set``/trailing args) go to every Lightning run, after the stage's own.
+Any pipeline key can be set from the command line, ``audio-ssl cv --config experiments/simclr_probe.yaml
+--pipeline-set size=cpu --pipeline-set transductive=true`` (the run is then named ``simclr_probe_cpu_transductive``).
 """
 
 from __future__ import annotations
@@ -58,12 +62,13 @@ from audio_ssl.evaluation.lightning_stage import (
 )
 from audio_ssl.evaluation.probe import fold_groups, load_probe_config, probe_fold, resolve_device
 from audio_ssl.evaluation.registry import DEFAULT_VARIANT, register_pipeline
+from audio_ssl.evaluation.run_config import stage_configs
 from audio_ssl.evaluation.tracking import finish_wandb
 
 PIPELINE_KEYS = {
-    "pretrain_probe": {"pipeline", "pretrain", "pretrain_overrides", "transductive", "probe"},
+    "pretrain_probe": {"pipeline", "pretrain", "pretrain_overrides", "transductive", "probe", "size"},
     "pretrain_finetune": {"pipeline", "pretrain", "pretrain_overrides", "transductive", "finetune",
-                          "finetune_overrides"},
+                          "finetune_overrides", "size"},
 }
 RANDOM_METHOD = "none (random init)"
 
@@ -71,7 +76,7 @@ RANDOM_METHOD = "none (random init)"
 @register_pipeline("lightning")
 def lightning_task(context: FoldContext) -> dict[str, FoldOutput]:
     """A plain Lightning YAML: fit on the training folds, test the final weights on the held-out fold."""
-    args = lightning_args(context, context.config_path, context.work_dir, stage="fit")
+    args = lightning_args(context, [context.config_path, *context.overlays], context.work_dir, stage="fit")
     _, output = fit_and_test(args + list(context.overrides), context.work_dir, label="fit")
     return {DEFAULT_VARIANT: output}
 
@@ -108,13 +113,13 @@ def pretrain_stage(context: FoldContext) -> Pretrained:
     """Fit the ``pretrain`` YAML with ``test_fold=context.fold`` (resumable), keeping a copy of the untrained
     model."""
     config = context.config
-    path = context.resolve_path("pretrain")
+    paths = stage_configs(config, "pretrain", context.config_path)
     transductive = bool(config.get("transductive", False))
     # Transductive pretraining sees every fold's audio whatever the held-out fold, so its weights do not
     # depend on the fold: it is trained once (by the first fold that needs it) and shared by all folds.
     work_dir = context.work_dir
     stage_dir = work_dir.parent / "pretrain_transductive" if transductive else work_dir / "pretrain"
-    args = (lightning_args(context, path, stage_dir, stage="pretrain")
+    args = (lightning_args(context, paths, stage_dir, stage="pretrain")
             + ["--data.init_args.transductive", "true" if transductive else "false"]
             + [str(a) for a in config.get("pretrain_overrides", [])] + list(context.overrides))
     holder: dict = {}
@@ -168,7 +173,7 @@ def pretrain_finetune(context: FoldContext) -> dict[str, FoldOutput]:
     """Pretrain, then fine-tune the ``finetune`` YAML from the pretrained encoder and from random init."""
     config = context.config
     check_pipeline_config(config, "pretrain_finetune", context.source)
-    finetune = context.resolve_path("finetune")
+    finetune = stage_configs(config, "finetune", context.config_path)
     pre = pretrain_stage(context)
     finish_wandb()
     method = type(pre.cli.model).__name__

@@ -2,7 +2,10 @@
 makes two runs the same run), the number of folds of its dataset, and ``--set`` overrides.
 
 A config with no top-level ``pipeline:`` key is a plain Lightning CLI YAML; a pipeline config names other
-YAMLs (``pretrain: simclr_cpu.yaml``), relative to its own folder.
+YAMLs (``pretrain: simclr.yaml``), relative to its own folder. A stage may name a recipe and its overlays
+(``pretrain: [simclr.yaml, cpu/simclr.yaml]``: consecutive ``--config`` arguments, later values winning), and
+``size: cpu`` adds each stage recipe's size overlay ``<recipe folder>/cpu/<recipe file>`` (:func:`stage_configs`).
+``audio-ssl cv --pipeline-set KEY=VALUE`` sets a pipeline key from the command line (:func:`apply_pipeline_set`).
 """
 
 from __future__ import annotations
@@ -50,22 +53,87 @@ def resolve_path(config: dict, key: str, config_path: Path | None, required: boo
     return path.resolve()
 
 
+def size_overlay(recipe: Path, size: str) -> Path:
+    """The size overlay of a Lightning recipe: ``experiments/simclr.yaml`` -> ``experiments/<size>/simclr.yaml``."""
+    return recipe.parent / size / recipe.name
+
+
+def stage_configs(config: dict, key: str, config_path: Path | None, required: bool = True) -> list[Path]:
+    """The Lightning YAMLs of a pipeline stage, in ``--config`` order: ``config[key]`` (one path or a list: a recipe
+    then overlays, relative to the folder of ``config_path``), then, with ``size: NAME``, the recipe's size overlay
+    (:func:`size_overlay`) unless the list already names it. ``[]`` when the key is absent and not ``required``.
+    Raises ValueError/FileNotFoundError naming the file, the key and the value."""
+    source = str(config_path) if config_path is not None else "<config>"
+    value = config.get(key)
+    if value is None and not required:
+        return []
+    items = value if isinstance(value, list) else [value]
+    if value is None or not items or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"{source}: '{key}' must be a path to a Lightning YAML or a list of them (a recipe, then "
+                         f"overlays), got {value!r}")
+    paths = [resolve_path({key: item}, key, config_path) for item in items]
+    size = config.get("size")
+    if size is not None:
+        if not isinstance(size, str) or not size or "/" in size:
+            raise ValueError(f"{source}: 'size' must be the name of a size folder such as cpu, got {size!r}")
+        overlay = size_overlay(paths[0], size)
+        if not overlay.is_file():
+            raise FileNotFoundError(f"{source}: size: {size} needs the overlay {overlay} for {key}: {paths[0].name}, "
+                                    "which does not exist")
+        if overlay.resolve() not in paths:
+            paths.append(overlay.resolve())
+    return paths
+
+
+def apply_pipeline_set(config: dict, items: Sequence[str], allowed: set[str], source: str) -> dict:
+    """A copy of a pipeline config with ``KEY=VALUE`` items (``audio-ssl cv --pipeline-set``) set; each value is
+    read as YAML (``true``, ``3``, ``[a.yaml, b.yaml]``). Raises ValueError naming the item for a malformed one or
+    a key outside ``allowed`` (the pipeline's keys)."""
+    import copy
+
+    config = copy.deepcopy(config)
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--pipeline-set {item!r}: expected KEY=VALUE, e.g. --pipeline-set transductive=true")
+        if key not in allowed:
+            raise ValueError(f"--pipeline-set {item!r}: unknown key {key!r} for {source} (pipeline "
+                             f"{config.get('pipeline')}); allowed: {sorted(allowed - {'pipeline'})}")
+        try:
+            config[key] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ValueError(f"--pipeline-set {item!r}: the value is not valid YAML: {err}") from err
+    return config
+
+
 def referenced_configs(config: dict, base: Path) -> dict[str, Path]:
-    """Top-level entries of a pipeline config that name an existing YAML file (``pretrain``, ``probe``, ...)."""
+    """Entries of a pipeline config that name an existing YAML file (``pretrain``, ``probe``, ...; a list entry
+    gives ``pretrain[1]``...), with the ``size`` overlays of the stage recipes (``pretrain+size``)."""
     found = {}
     for key, value in config.items():
-        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
-            path = Path(value).expanduser()
-            path = path if path.is_absolute() else base.parent / path
-            if path.is_file():
-                found[key] = path.resolve()
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, str) and item.endswith((".yaml", ".yml")):
+                path = Path(item).expanduser()
+                path = path if path.is_absolute() else base.parent / path
+                if path.is_file():
+                    found[key if not isinstance(value, list) else f"{key}[{i}]"] = path.resolve()
+                    if i == 0 and isinstance(config.get("size"), str) and config["size"]:
+                        overlay = size_overlay(path, config["size"])
+                        if overlay.is_file():
+                            found[f"{key}+size"] = overlay.resolve()
     return found
 
 
-def config_fingerprint(config_path: Path, overrides: Sequence[str]) -> str:
-    """Hash of the parsed config, every YAML it references and the overrides (comments do not count)."""
-    config = load_config(config_path)
+def config_fingerprint(config_path: Path, overrides: Sequence[str], config: dict | None = None,
+                       overlays: Sequence[Path] = ()) -> str:
+    """Hash of the parsed config (``config``: as modified by ``--pipeline-set``; default: the file's), every YAML
+    it references, the stacked ``overlays`` and the overrides (comments do not count)."""
+    config = load_config(config_path) if config is None else config
     parts = {"config": config, "overrides": list(overrides)}
+    if overlays:
+        parts["overlays"] = [load_config(path) for path in overlays]
     for key, path in sorted(referenced_configs(config, config_path).items()):
         parts[f"ref:{key}"] = load_config(path)
     text = json.dumps(parts, sort_keys=True, default=str)

@@ -23,7 +23,13 @@ from audio_ssl.evaluation import run_store
 from audio_ssl.evaluation.analysis import analyze_run
 from audio_ssl.evaluation.fold import FoldContext
 from audio_ssl.evaluation.registry import DEFAULT_PIPELINE, get_pipeline
-from audio_ssl.evaluation.run_config import config_fingerprint, infer_num_folds, load_config, project_for
+from audio_ssl.evaluation.run_config import (
+    apply_pipeline_set,
+    config_fingerprint,
+    infer_num_folds,
+    load_config,
+    project_for,
+)
 from audio_ssl.evaluation.summary import build_summary, folds_frame
 from audio_ssl.evaluation.tracking import finish_wandb, log_fold, log_summary
 from audio_ssl.utils.distributed import barrier, broadcast_from_rank_zero, is_rank_zero
@@ -57,6 +63,16 @@ def device_description() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def cv_config_text(config_path: Path, overlays: Sequence[Path] = (), pipeline_set: Sequence[str] = ()) -> str:
+    """The run's config as written: the file, then each stacked overlay and the ``--pipeline-set`` items."""
+    text = config_path.read_text()
+    for path in overlays:
+        text += f"\n# --config {path}\n" + Path(path).read_text()
+    if pipeline_set:
+        text += "\n# --pipeline-set " + " --pipeline-set ".join(pipeline_set) + "\n"
+    return text
+
+
 def run_cv(
     config_path: str | os.PathLike,
     folds: Sequence[int] | None = None,
@@ -66,12 +82,18 @@ def run_cv(
     wandb: bool = True,
     analyze: bool = True,
     examples: int = 8,
+    overlays: Sequence[str | os.PathLike] = (),
+    pipeline_set: Sequence[str] = (),
 ) -> dict:
     """Run a config once per held-out fold and summarise; returns the summary (also in ``<out>/<name>/``).
 
     ``folds`` defaults to every fold of the dataset. ``overrides`` are Lightning CLI arguments added to every
-    Lightning run (after the config's own). Folds whose results are on disk are not run again; a run folder
-    made from a different config or overrides is refused.
+    Lightning run (after the config's own). ``overlays``: Lightning YAMLs stacked on a plain Lightning config
+    (``cpu/simclr.yaml`` after ``simclr.yaml``). ``pipeline_set``: ``KEY=VALUE`` items setting keys of a pipeline
+    config (``size=cpu``, ``transductive=true``; an unknown key is refused). The default ``name`` is the config's
+    stem, ``_<folder>`` per size overlay of the same stem, then ``_<size>`` and ``_transductive`` when the
+    pipeline-set items ask for them (``simclr_probe_cpu_transductive``). Folds whose results are on disk are not
+    run again; a run folder made from a different config or overrides is refused.
     """
     config_path = Path(config_path).resolve()
     config = load_config(config_path)
@@ -79,7 +101,28 @@ def run_cv(
     if not isinstance(pipeline, str):
         raise ValueError(f"{config_path}: 'pipeline' must be a name, got {pipeline!r}")
     task = get_pipeline(pipeline)
-    name = name or config_path.stem
+    overlays = tuple(Path(p).resolve() for p in overlays)
+    if overlays and pipeline != DEFAULT_PIPELINE:
+        raise ValueError(f"{config_path} is a {pipeline} pipeline: more --config files stack on a Lightning YAML "
+                         "only; give the pipeline's stages a size with --pipeline-set size=cpu")
+    for path in overlays:
+        load_config(path)  # a missing or malformed overlay, named before any fold runs
+    if pipeline_set:
+        from audio_ssl.evaluation.pipelines import PIPELINE_KEYS
+
+        if pipeline not in PIPELINE_KEYS:
+            raise ValueError(f"--pipeline-set: {config_path} is a {pipeline} config, which has no pipeline keys to "
+                             f"set (pipelines with keys: {', '.join(sorted(PIPELINE_KEYS))})")
+        config = apply_pipeline_set(config, pipeline_set, PIPELINE_KEYS[pipeline], str(config_path))
+    if not name:
+        from audio_ssl.cli import stacked_name
+
+        name = stacked_name([str(config_path), *map(str, overlays)])
+        keys = {item.partition("=")[0].strip() for item in pipeline_set}
+        if "size" in keys and config.get("size"):
+            name += f"_{config['size']}"
+        if "transductive" in keys and config.get("transductive") is True:
+            name += "_transductive"
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"--name {name!r}: use a plain folder name")
     num_folds = infer_num_folds(config, config_path)
@@ -89,9 +132,9 @@ def run_cv(
         raise ValueError(f"folds {bad} are out of range: {config_path.name} uses a dataset with folds 1..{num_folds}")
     overrides = tuple(overrides)
     run_dir = Path(out) / name
+    fingerprint = config_fingerprint(config_path, overrides, config, overlays)
     record = run_store.RunRecord(name=name, config_file=str(config_path), pipeline=pipeline,
-                                 overrides=list(overrides), fingerprint=config_fingerprint(config_path, overrides),
-                                 num_folds=num_folds)
+                                 overrides=list(overrides), fingerprint=fingerprint, num_folds=num_folds)
     if is_rank_zero():  # DDP: the other ranks start later, from rank 0's first Trainer call
         run_store.open_run(run_dir, record)
 
@@ -105,7 +148,7 @@ def run_cv(
             continue
         context = FoldContext(config=config, fold=fold, work_dir=run_store.fold_dir(run_dir, fold),
                               config_path=config_path, overrides=overrides, run_name=name, wandb=wandb,
-                              wandb_project=project)
+                              wandb_project=project, overlays=overlays)
         context.work_dir.mkdir(parents=True, exist_ok=True)
         log.info("fold %d/%d: running %s", fold, num_folds, pipeline)
         start = time.perf_counter()
@@ -125,7 +168,7 @@ def run_cv(
     fold_results = run_store.finished_folds(run_dir)
     summary = build_summary(run_dir, fold_results,
                             {**vars(record), **git_state(), "device": device_description(),
-                             "cv_config_text": config_path.read_text()})
+                             "cv_config_text": cv_config_text(config_path, overlays, pipeline_set)})
     folds_table = folds_frame(fold_results)
     run_store.write_summary(run_dir, summary, folds_table)
     analysis_files = analyze_run(run_dir, examples=examples) if analyze else {}

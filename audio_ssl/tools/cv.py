@@ -2,9 +2,12 @@
 
     audio-ssl cv --config experiments/supervised_cpu.yaml [--folds 1,2,3,4,5] [--name NAME] [--out results]
                  [--set trainer.max_epochs=3 ...] [--no-wandb] [extra Lightning CLI args, e.g. --trainer.max_epochs 3]
+    audio-ssl cv --config experiments/simclr.yaml --config experiments/cpu/simclr.yaml   # a recipe + its size
+    audio-ssl cv --config experiments/simclr_probe.yaml --pipeline-set size=cpu [--pipeline-set transductive=true]
     audio-ssl cv --analyze-only NAME [--out results]
 
-Writes ``<out>/<NAME>/`` (NAME defaults to the config's file name): ``folds.csv``, ``summary.json``,
+Writes ``<out>/<NAME>/`` (NAME defaults to the config's file name, ``_cpu`` added for a size overlay or
+``--pipeline-set size=cpu``, ``_transductive`` for ``--pipeline-set transductive=true``): ``folds.csv``, ``summary.json``,
 ``predictions/``, ``analysis/`` and one ``fold{k}/`` folder per fold. Re-running the same command skips
 folds that already finished. Pipeline configs (``pipeline: pretrain_probe`` ...) are described in
 :mod:`audio_ssl.evaluation.pipelines`. W&B runs are offline unless ``WANDB_MODE`` says otherwise.
@@ -35,7 +38,12 @@ def parse_folds(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audio-ssl cv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--config", help="a Lightning YAML or a pipeline YAML")
+    parser.add_argument("--config", action="append", default=[],
+                        help="a Lightning YAML or a pipeline YAML; repeated: Lightning YAMLs stacked, later values "
+                             "winning (a recipe, then its size overlay experiments/cpu/<recipe>.yaml)")
+    parser.add_argument("--pipeline-set", action="append", default=[], metavar="KEY=VALUE", dest="pipeline_set",
+                        help="set a key of a pipeline YAML, e.g. size=cpu or transductive=true (repeatable; the "
+                             "value is read as YAML; an unknown key is refused)")
     parser.add_argument("--folds", type=parse_folds, default=None, help="e.g. 1,2,3 (default: every fold)")
     parser.add_argument("--name", default=None, help="run name (default: the config file's stem)")
     parser.add_argument("--out", default="results", help="results root (default: %(default)s)")
@@ -70,8 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     from audio_ssl.data.audio import AudioDecodeError
 
     try:
-        summary = run_cv(args.config, folds=args.folds, name=args.name, out=args.out, overrides=overrides,
-                         wandb=not args.no_wandb, analyze=not args.no_analysis, examples=args.examples)
+        summary = run_cv(args.config[0], folds=args.folds, name=args.name, out=args.out, overrides=overrides,
+                         wandb=not args.no_wandb, analyze=not args.no_analysis, examples=args.examples,
+                         overlays=args.config[1:], pipeline_set=args.pipeline_set)
     except (ValueError, FileNotFoundError, AudioDecodeError) as err:
         if os.environ.get("AUDIO_SSL_TRACEBACK"):
             raise

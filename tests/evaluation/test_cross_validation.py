@@ -230,3 +230,110 @@ def test_pretrain_finetune_uses_the_pretrained_encoder(tmp_path, esc50_root, cac
     assert summary["variants"]["random_init"]["pretraining_data"] == "none"
     assert summary["variants"]["pretrained"]["pretraining_data"] == "esc50 folds 1,3,4,5"
     assert (fold / "finetune_pretrained" / "final.ckpt").exists() and (fold / "finetune_random_init").is_dir()
+
+
+# ---------------------------------------------------------------------------------------- composed configs
+def write_recipe_with_size(tmp_path) -> tuple[Path, Path]:
+    """A copy of supervised_cpu.yaml as ``exp/sup.yaml`` and a ``tiny`` size overlay ``exp/tiny/sup.yaml``."""
+    recipe = tmp_path / "exp" / "sup.yaml"
+    overlay = recipe.parent / "tiny" / "sup.yaml"
+    overlay.parent.mkdir(parents=True)
+    recipe.write_text(SUPERVISED.read_text())
+    overlay.write_text("model:\n  init_args:\n    dropout: 0.125\n")
+    return recipe, overlay
+
+
+def test_stage_configs_and_pipeline_set(tmp_path):
+    recipe, overlay = write_recipe_with_size(tmp_path)
+    pipeline = recipe.parent / "p.yaml"
+    source = {"pipeline": "pretrain_probe", "pretrain": "sup.yaml"}
+    assert run_config.stage_configs(source, "pretrain", pipeline) == [recipe.resolve()]
+    assert run_config.stage_configs({**source, "size": "tiny"}, "pretrain", pipeline) == [recipe.resolve(),
+                                                                                         overlay.resolve()]
+    listed = {"pretrain": ["sup.yaml", "tiny/sup.yaml"], "size": "tiny"}  # named once even when listed too
+    assert run_config.stage_configs(listed, "pretrain", pipeline) == [recipe.resolve(), overlay.resolve()]
+    assert run_config.stage_configs(source, "finetune", pipeline, required=False) == []
+    with pytest.raises(FileNotFoundError, match=r"size: gpu needs the overlay .*gpu/sup.yaml for pretrain: sup.yaml"):
+        run_config.stage_configs({**source, "size": "gpu"}, "pretrain", pipeline)
+    with pytest.raises(ValueError, match=r"'pretrain' must be a path to a Lightning YAML or a list"):
+        run_config.stage_configs({"pretrain": ["sup.yaml", 3]}, "pretrain", pipeline)
+    with pytest.raises(FileNotFoundError, match="'pretrain: nope.yaml'"):
+        run_config.stage_configs({"pretrain": ["sup.yaml", "nope.yaml"]}, "pretrain", pipeline)
+
+    from audio_ssl.evaluation.pipelines import PIPELINE_KEYS
+
+    allowed = PIPELINE_KEYS["pretrain_probe"]
+    changed = run_config.apply_pipeline_set(source, ["size=tiny", "transductive=true", "pretrain=[a.yaml, b.yaml]"],
+                                            allowed, "p.yaml")
+    assert changed == {**source, "size": "tiny", "transductive": True, "pretrain": ["a.yaml", "b.yaml"]}
+    assert source == {"pipeline": "pretrain_probe", "pretrain": "sup.yaml"}  # not modified in place
+    with pytest.raises(ValueError, match=r"--pipeline-set 'transductiv=true': unknown key 'transductiv' for p.yaml"):
+        run_config.apply_pipeline_set(source, ["transductiv=true"], allowed, "p.yaml")
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        run_config.apply_pipeline_set(source, ["size"], allowed, "p.yaml")
+
+    pipeline.write_text(yaml.safe_dump(source))
+    assert run_config.referenced_configs({**source, "size": "tiny"}, pipeline) == {
+        "pretrain": recipe.resolve(), "pretrain+size": overlay.resolve()}
+    plain = run_config.config_fingerprint(pipeline, [])
+    assert plain == run_config.config_fingerprint(pipeline, [], run_config.load_config(pipeline))
+    sized = run_config.config_fingerprint(pipeline, [], {**source, "size": "tiny"})
+    assert sized != plain
+    overlay.write_text("model:\n  init_args:\n    dropout: 0.25\n")  # the overlay's content is part of the run
+    assert run_config.config_fingerprint(pipeline, [], {**source, "size": "tiny"}) != sized
+    args = lightning_args(FoldContext({}, 2, tmp_path), [recipe, overlay], tmp_path)
+    assert args[:4] == ["--config", str(recipe), "--config", str(overlay)]
+
+
+def test_cv_stacks_overlays_and_sets_pipeline_keys(tmp_path, esc50_root, cache_dir, monkeypatch, capsys):
+    """`audio-ssl cv --config recipe --config overlay` and `--pipeline-set size=... transductive=true`: the stages
+    run with the overlay's values, the runs are named after the stack, unknown keys are refused."""
+    from audio_ssl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe, overlay = write_recipe_with_size(tmp_path)
+    common = ["--folds", "1", "--no-wandb", "--no-analysis", "--set", "trainer.max_epochs=1",
+              *tiny_overrides(esc50_root, cache_dir)]
+    main(["cv", "--config", str(recipe), "--config", str(overlay), *common])
+    summary = json.loads((tmp_path / "results" / "sup_tiny" / "summary.json").read_text())
+    assert "dropout: 0.125" in summary["configs"]["fit"]
+    assert f"# --config {overlay.resolve()}" in summary["configs"]["cv_config"]
+
+    pipeline = recipe.parent / "sup_probe.yaml"
+    pipeline.write_text("pipeline: pretrain_probe\npretrain: sup.yaml\nprobe: {C: [1.0], max_iter: 50, "
+                        "device: cpu}\n")
+    main(["cv", "--config", str(pipeline), "--pipeline-set", "size=tiny", "--pipeline-set", "transductive=true",
+          *common])
+    summary = json.loads((tmp_path / "results" / "sup_probe_tiny_transductive" / "summary.json").read_text())
+    assert "dropout: 0.125" in summary["configs"]["pretrained/pretrain"]
+    assert "# --pipeline-set size=tiny --pipeline-set transductive=true" in summary["configs"]["cv_config"]
+    assert summary["variants"]["pretrained"]["transductive"] is True
+    assert (tmp_path / "results" / "sup_probe_tiny_transductive" / "pretrain_transductive").is_dir()
+
+    for argv, message in (
+            (["--config", str(pipeline), "--pipeline-set", "sise=tiny"], "unknown key 'sise'"),
+            (["--config", str(pipeline), "--config", str(overlay)], "stack on a Lightning YAML only"),
+            (["--config", str(recipe), "--pipeline-set", "size=tiny"], "has no pipeline keys to set")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["cv", *argv, "--no-wandb"])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_shipped_probe_pipelines_take_every_size():
+    """Each ``experiments/<method>_probe.yaml`` pretrains ``<method>.yaml``; ``--pipeline-set size=cpu`` stacks
+    ``cpu/<method>.yaml`` on it (the files the former ``<method>_probe_cpu*.yaml`` pipelines named)."""
+    from audio_ssl.evaluation.pipelines import PIPELINE_KEYS, check_pipeline_config
+
+    experiments = ROOT / "experiments"
+    probes = [p for p in sorted(experiments.glob("*_probe.yaml"))  # linear_probe.yaml pretrains supervised_cpu
+              if p.stem != "linear_probe" and run_config.load_config(p).get("pipeline") == "pretrain_probe"]
+    assert {p.stem for p in probes} >= {"simclr_probe", "byola_probe", "masked_cnn_probe", "masked_transformer_probe"}
+    for path in probes:
+        config = run_config.load_config(path)
+        check_pipeline_config(config, "pretrain_probe", str(path))
+        recipe = experiments / f"{path.stem.removesuffix('_probe')}.yaml"
+        assert run_config.stage_configs(config, "pretrain", path) == [recipe]
+        sized = run_config.apply_pipeline_set(config, ["size=cpu", "transductive=true"],
+                                              PIPELINE_KEYS["pretrain_probe"], str(path))
+        assert run_config.stage_configs(sized, "pretrain", path) == [recipe, experiments / "cpu" / recipe.name]

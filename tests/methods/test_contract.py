@@ -10,18 +10,18 @@ import inspect
 import lightning as L
 import pytest
 import torch
-from cli_utils import ROOT, common_args, small_overrides
+from cli_utils import ROOT, common_args, config_args, small_overrides
 
 import audio_ssl.methods as methods
 from audio_ssl.cli import build_cli
 from audio_ssl.methods.base import BaseMethod
 
-RECIPES = {  # one CPU recipe per method
-    "SupervisedClassifier": "supervised_cpu.yaml",
-    "SimCLR": "simclr_cpu.yaml",
-    "BYOLA": "byola_cpu.yaml",
-    "MaskedTokenPrediction": "masked_cnn_cpu.yaml",
-    "BEATsClassifier": "beats_probe.yaml",
+RECIPES = {  # one CPU recipe per method: its experiments/ YAMLs in --config order (a recipe, then its cpu size)
+    "SupervisedClassifier": ("supervised_cpu.yaml",),
+    "SimCLR": ("simclr.yaml", "cpu/simclr.yaml"),
+    "BYOLA": ("byola.yaml", "cpu/byola.yaml"),
+    "MaskedTokenPrediction": ("masked_cnn.yaml", "cpu/masked_cnn.yaml"),
+    "BEATsClassifier": ("beats_probe.yaml",),
 }
 
 
@@ -31,13 +31,13 @@ def test_every_method_has_a_contract_recipe():
     assert exported == set(RECIPES), "add the new method's CPU recipe to RECIPES"
 
 
-def fit_one_batch(recipe: str, esc50_root, cache_dir, tmp_path):
-    config = ROOT / "experiments" / recipe
-    if recipe.startswith("beats_"):
+def fit_one_batch(recipe: tuple[str, ...], esc50_root, cache_dir, tmp_path):
+    configs = tuple(ROOT / "experiments" / name for name in recipe)
+    if recipe[0].startswith("beats_"):
         from audio_ssl.tools.make_beats_checkpoint import ensure_tiny_checkpoint
 
         ensure_tiny_checkpoint()
-    args = ["fit", "--config", str(config), *common_args(esc50_root, cache_dir, tmp_path), *small_overrides(config),
+    args = ["fit", *config_args(configs), *common_args(esc50_root, cache_dir, tmp_path), *small_overrides(configs),
             "--trainer.max_epochs", "1", "--trainer.max_steps", "1", "--trainer.num_sanity_val_steps", "0"]
     cli = build_cli(args)
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
