@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,9 +55,10 @@ class HFModelNotFoundError(OSError):
 def _not_found(model: str, what: str, err: Exception) -> HFModelNotFoundError:
     return HFModelNotFoundError(
         f"cannot load the {what} of Hugging Face model {model!r} ({type(err).__name__}: {str(err).splitlines()[0]}). "
-        f"If {model!r} is a hub id, fetch it once with network access: `huggingface-cli download {model} "
-        f"--local-dir DIR` (or `from_pretrained(...)` then `save_pretrained(DIR)` for the model and its feature "
-        f"extractor) and pass DIR as the model (--model.init_args.encoder.init_args.model DIR), or let it fill the "
+        f"If {model!r} is a hub id, fetch it once with network access: `hf download {model} --local-dir DIR` "
+        f"(older huggingface_hub: `huggingface-cli download {model} --local-dir DIR`; or `from_pretrained(...)` then "
+        f"`save_pretrained(DIR)` for the model and its feature extractor) and pass DIR as the model "
+        f"(--model.init_args.encoder.init_args.model DIR), or let it fill the "
         "Hugging Face cache (HF_HOME, default ~/.cache/huggingface) and leave HF_HUB_OFFLINE unset for that run. "
         "If it is a folder, it must hold config.json, the weights (model.safetensors or pytorch_model.bin) and "
         "preprocessor_config.json"
@@ -157,6 +159,13 @@ class HFAudioEncoder(nn.Module):
         super().__init__()
         transformers = _transformers()
         self.model_id, self.pretrained = str(model), bool(pretrained)
+        if self.model_id.startswith(("/", "./", "../", "~")) and not Path(self.model_id).expanduser().is_dir():
+            raise HFModelNotFoundError(
+                f"Hugging Face model folder {self.model_id!r} does not exist: write it with `hf download HUB_ID "
+                f"--local-dir {self.model_id}` (older huggingface_hub: `huggingface-cli download ...`) or with "
+                "save_pretrained() of the model and its feature extractor, or pass a hub id")
+        if Path(self.model_id).expanduser().is_dir():
+            self.model_id = str(Path(self.model_id).expanduser())
         hub = dict(revision=revision, cache_dir=cache_dir)
         try:
             config = transformers.AutoConfig.from_pretrained(self.model_id, **hub)
@@ -182,7 +191,9 @@ class HFAudioEncoder(nn.Module):
         if freeze_feature_encoder:
             if self.family != "wav2vec2":
                 raise ValueError(f"{self.model_id}: freeze_feature_encoder applies to the wav2vec 2.0 family only")
-            self.model.freeze_feature_encoder()
+            feature_encoder = self.model.feature_extractor  # what the task models' freeze_feature_encoder() does
+            freeze = getattr(feature_encoder, "_freeze_parameters", None)
+            freeze() if callable(freeze) else feature_encoder.requires_grad_(False)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
 
