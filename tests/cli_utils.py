@@ -14,13 +14,29 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = Path(__file__).resolve().parent / "fast_dev_run"
 
-__all__ = ["common_args", "lightning_configs", "small_overrides"]
+__all__ = ["common_args", "lightning_configs", "prepare_recipe", "small_overrides"]
 
 
 def lightning_configs() -> list[Path]:
-    """Every experiment YAML that the Lightning CLI runs (pipeline configs have their own tests)."""
-    return [p for p in sorted((ROOT / "experiments").glob("*.yaml"))
-            if "pipeline" not in (yaml.safe_load(p.read_text()) or {})]
+    """Every experiment YAML that the Lightning CLI runs, in ``experiments/`` and ``experiments/zoo/`` (pipeline
+    configs have their own tests)."""
+    configs = sorted((ROOT / "experiments").glob("*.yaml")) + sorted((ROOT / "experiments" / "zoo").glob("*.yaml"))
+    return [p for p in configs if "pipeline" not in (yaml.safe_load(p.read_text()) or {})]
+
+
+def prepare_recipe(config: Path) -> None:
+    """Write the tiny pretrained weights a recipe's overrides point at: the official-format BEATs checkpoint of the
+    ``beats_*`` recipes, the Hugging Face folders (``tests/hf_utils.py``) of recipes whose encoder is an
+    ``HFAudioEncoder``."""
+    if config.stem.startswith("beats_"):
+        from audio_ssl.tools.make_beats_checkpoint import ensure_tiny_checkpoint
+
+        ensure_tiny_checkpoint()
+    encoder = ((yaml.safe_load(config.read_text()) or {}).get("model", {}).get("init_args") or {}).get("encoder")
+    if isinstance(encoder, dict) and str(encoder.get("class_path", "")).endswith("HFAudioEncoder"):
+        from hf_utils import ensure_tiny_hf_models
+
+        ensure_tiny_hf_models()
 
 
 def small_overrides(config: Path) -> list[str]:

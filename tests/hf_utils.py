@@ -18,7 +18,7 @@ __all__ = ["FAST_DEV_RUN_DIR", "HF_KINDS", "ensure_tiny_hf_models", "save_tiny_h
 HF_KINDS = ("ast", "wav2vec2", "hubert", "wavlm")
 
 #: Where ``tests/fast_dev_run/<kind>_*.json`` expect the tiny models (``ensure_tiny_hf_models`` writes them).
-FAST_DEV_RUN_DIR = Path(tempfile.gettempdir()) / "audio-ssl-test-hf"
+FAST_DEV_RUN_DIR = Path("/tmp/audio-ssl-test-hf")
 
 _SPEECH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
                conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,

@@ -15,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from cli_utils import common_args, lightning_configs, small_overrides
+from cli_utils import common_args, lightning_configs, prepare_recipe, small_overrides
 
 from audio_ssl.cli import build_cli
 from audio_ssl.utils.checkpoints import RUN_FILE, RunFolderError
@@ -61,10 +61,7 @@ def assert_contains(expected, actual, where: str) -> None:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_fast_dev_run(config, esc50_root, cache_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    if config.stem.startswith("beats_"):  # the overrides point at a tiny random checkpoint in the official format
-        from audio_ssl.tools.make_beats_checkpoint import ensure_tiny_checkpoint
-
-        ensure_tiny_checkpoint()
+    prepare_recipe(config)  # the overrides of pretrained-model recipes point at tiny random weights
     args = ["fit", "--config", str(config), *common_args(esc50_root, cache_dir, tmp_path),
             "--trainer.fast_dev_run", "true", *small_overrides(config)]
     cli = build_cli(args)

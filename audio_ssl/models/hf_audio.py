@@ -158,6 +158,9 @@ class HFAudioEncoder(nn.Module):
     ) -> None:
         super().__init__()
         transformers = _transformers()
+        self._init_args = dict(model=model, pretrained=pretrained, layer=layer, revision=revision, cache_dir=cache_dir,
+                               freeze_feature_encoder=freeze_feature_encoder,
+                               gradient_checkpointing=gradient_checkpointing)
         self.model_id, self.pretrained = str(model), bool(pretrained)
         if self.model_id.startswith(("/", "./", "../", "~")) and not Path(self.model_id).expanduser().is_dir():
             raise HFModelNotFoundError(
@@ -226,6 +229,13 @@ class HFAudioEncoder(nn.Module):
                              f"0..{self.num_layers} (0 = input to the first layer, i = output of layer i)")
         return layer % states
 
+    def __reduce__(self):
+        """Pickle as (constructor arguments, weights, modes): the weight-normed position convolution of the wav2vec
+        2.0 family is a torch parametrization, which pickles only through ``state_dict`` (e.g. for ``ddp_spawn``)."""
+        modes = {name: module.training for name, module in self.named_modules()}
+        frozen = [name for name, param in self.named_parameters() if not param.requires_grad]
+        return _rebuild, (dict(self._init_args, pretrained=False), self.state_dict(), modes, frozen)
+
     # ------------------------------------------------------------------ the front end
     @property
     def sampling_rate(self) -> int:
@@ -273,3 +283,16 @@ class HFAudioEncoder(nn.Module):
         if self.family == "wav2vec2" and key.startswith("adapter."):
             return self.num_layers
         raise ValueError(f"HFAudioEncoder.layer_id: {name!r} is not a parameter of {self.model_id}")
+
+
+def _rebuild(init_args: dict, state: dict, modes: dict[str, bool], frozen: list[str]) -> HFAudioEncoder:
+    """Unpickle an :class:`HFAudioEncoder` (see its ``__reduce__``): the architecture from its config, then the
+    weights, the train/eval mode of every module and the frozen parameters."""
+    encoder = HFAudioEncoder(**init_args)
+    encoder.load_state_dict(state)
+    for name, module in encoder.named_modules():
+        module.training = modes.get(name, module.training)
+    params = dict(encoder.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
+    return encoder

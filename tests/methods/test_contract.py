@@ -10,7 +10,7 @@ import inspect
 import lightning as L
 import pytest
 import torch
-from cli_utils import ROOT, common_args, small_overrides
+from cli_utils import ROOT, common_args, prepare_recipe, small_overrides
 
 import audio_ssl.methods as methods
 from audio_ssl.cli import build_cli
@@ -22,6 +22,7 @@ RECIPES = {  # one CPU recipe per method
     "BYOLA": "byola_cpu.yaml",
     "MaskedTokenPrediction": "masked_cnn_cpu.yaml",
     "BEATsClassifier": "beats_probe.yaml",
+    "FineTuneClassifier": "zoo/wav2vec2_finetune.yaml",
 }
 
 
@@ -33,10 +34,7 @@ def test_every_method_has_a_contract_recipe():
 
 def fit_one_batch(recipe: str, esc50_root, cache_dir, tmp_path):
     config = ROOT / "experiments" / recipe
-    if recipe.startswith("beats_"):
-        from audio_ssl.tools.make_beats_checkpoint import ensure_tiny_checkpoint
-
-        ensure_tiny_checkpoint()
+    prepare_recipe(config)
     args = ["fit", "--config", str(config), *common_args(esc50_root, cache_dir, tmp_path), *small_overrides(config),
             "--trainer.max_epochs", "1", "--trainer.max_steps", "1", "--trainer.num_sanity_val_steps", "0"]
     cli = build_cli(args)

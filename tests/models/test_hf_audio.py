@@ -182,3 +182,17 @@ def test_unused_weights_of_a_task_checkpoint_are_named(tmp_path, caplog):
     assert "classifier" in caplog.text and "not used" in caplog.text
     base = classifier.audio_spectrogram_transformer.state_dict()
     assert all(torch.equal(encoder.model.state_dict()[k], v) for k, v in base.items())
+
+
+def test_pickles_with_weights_modes_and_frozen_parameters(folders):
+    import pickle
+
+    encoder = HFAudioEncoder(str(folders["wavlm"]), freeze_feature_encoder=True).train()
+    encoder.model.encoder.eval()
+    with torch.no_grad():
+        encoder.model.encoder.layers[0].feed_forward.output_dense.weight.add_(1.0)  # not the folder's weights
+    copy = pickle.loads(pickle.dumps(encoder))
+    assert all(torch.equal(v, copy.state_dict()[k]) for k, v in encoder.state_dict().items())
+    assert {n: m.training for n, m in copy.named_modules()} == {n: m.training for n, m in encoder.named_modules()}
+    assert {n for n, p in copy.named_parameters() if not p.requires_grad} == \
+        {n for n, p in encoder.named_parameters() if not p.requires_grad} != set()
