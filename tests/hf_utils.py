@@ -61,14 +61,19 @@ def save_tiny_hf_model(kind: str, folder: Path, seed: int = 0, sampling_rate: in
 
 
 def ensure_tiny_hf_models(root: Path = FAST_DEV_RUN_DIR) -> Path:
-    """``root/<kind>`` for every kind, written once (atomically: safe from concurrent test processes)."""
-    for kind in HF_KINDS:
+    """``root/<kind>`` for every kind, written once (atomically: safe from concurrent test processes); a folder
+    written by an older version of this function (other seed) is replaced."""
+    for i, kind in enumerate(HF_KINDS):
         target = root / kind
-        if (target / "config.json").is_file() and (target / "preprocessor_config.json").is_file():
+        stamp = target / "audio_ssl_seed.txt"
+        if stamp.is_file() and stamp.read_text() == str(1000 + i):
             continue
+        shutil.rmtree(target, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{kind}-"))
-        save_tiny_hf_model(kind, staging)
+        # not seed 0: the CLI seeds 0 before building a random-init control, which must differ from these weights
+        save_tiny_hf_model(kind, staging, seed=1000 + i)
+        (staging / "audio_ssl_seed.txt").write_text(str(1000 + i))
         try:
             os.rename(staging, target)
         except OSError:  # another process wrote it first
