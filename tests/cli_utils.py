@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = Path(__file__).resolve().parent / "fast_dev_run"
 
-__all__ = ["common_args", "config_args", "lightning_configs", "run_id", "small_overrides"]
+__all__ = ["common_args", "config_args", "lightning_configs", "prepare_recipe", "run_id", "small_overrides"]
 
 
 def lightning_configs() -> list[tuple[Path, ...]]:
@@ -32,6 +32,22 @@ def lightning_configs() -> list[tuple[Path, ...]]:
         else:
             runs.append((path,))
     return runs
+
+
+def prepare_recipe(configs: Path | tuple[Path, ...]) -> None:
+    """Write the tiny pretrained weights a recipe's overrides point at: the official-format BEATs checkpoint of the
+    ``beats_*`` recipes, the Hugging Face folders (``tests/hf_utils.py``) of recipes whose encoder is an
+    ``HFAudioEncoder``. ``configs``: one file or a stack (the first one is the recipe)."""
+    config = configs if isinstance(configs, Path) else tuple(configs)[0]
+    if config.stem.startswith("beats_"):
+        from audio_ssl.tools.make_beats_checkpoint import ensure_tiny_checkpoint
+
+        ensure_tiny_checkpoint()
+    encoder = ((yaml.safe_load(config.read_text()) or {}).get("model", {}).get("init_args") or {}).get("encoder")
+    if isinstance(encoder, dict) and str(encoder.get("class_path", "")).endswith("HFAudioEncoder"):
+        from hf_utils import ensure_tiny_hf_models
+
+        ensure_tiny_hf_models()
 
 
 def config_args(configs: Path | tuple[Path, ...]) -> list[str]:

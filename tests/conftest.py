@@ -1,4 +1,5 @@
-"""Shared fixtures: small generated datasets (never real data), offline W&B, a per-session cache."""
+"""Shared fixtures: small generated datasets (never real data), offline W&B and Hugging Face hub, a per-session
+cache."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Nothing is downloaded in tests: the Hugging Face hub is offline (read at huggingface_hub's import, hence here,
+# before any test imports it); tests build their models in tmp folders.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def pytest_configure(config):

@@ -15,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from cli_utils import common_args, config_args, lightning_configs, run_id, small_overrides
+from cli_utils import common_args, config_args, lightning_configs, prepare_recipe, run_id, small_overrides
 
 from audio_ssl.cli import LINKED, build_cli, main
 from audio_ssl.utils.checkpoints import RUN_FILE, RunFolderError
@@ -148,10 +148,7 @@ def assert_contains(expected, actual, where: str) -> None:
 @pytest.mark.parametrize("configs", CONFIGS, ids=run_id)
 def test_config_fast_dev_run(configs, esc50_root, cache_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    if configs[0].stem.startswith("beats_"):  # the overrides point at a tiny random checkpoint in the official format
-        from audio_ssl.tools.make_beats_checkpoint import ensure_tiny_checkpoint
-
-        ensure_tiny_checkpoint()
+    prepare_recipe(configs)  # the overrides of pretrained-model recipes point at tiny random weights
     args = ["fit", *config_args(configs), *common_args(esc50_root, cache_dir, tmp_path),
             "--trainer.fast_dev_run", "true", *small_overrides(configs)]
     cli = build_cli(args)

@@ -4,8 +4,9 @@ contract every method keeps)."""
 from audio_ssl.methods.base import BaseMethod
 from audio_ssl.methods.beats import BEATsClassifier
 from audio_ssl.methods.byola import BYOLA
+from audio_ssl.methods.finetune import FineTuneClassifier
 from audio_ssl.methods.masked import MaskedTokenPrediction
 from audio_ssl.methods.simclr import SimCLR
 from audio_ssl.methods.supervised import SupervisedClassifier
 
-__all__ = ["BEATsClassifier", "BYOLA", "BaseMethod", "MaskedTokenPrediction", "SimCLR", "SupervisedClassifier"]
+__all__ = ["BEATsClassifier", "BYOLA", "BaseMethod", "FineTuneClassifier", "MaskedTokenPrediction", "SimCLR", "SupervisedClassifier"]

@@ -6,7 +6,8 @@ One module, two modes:
   For whole cross-validations prefer :mod:`audio_ssl.evaluation.beats_probe`, which extracts the pooled
   features once per fold (cached on disk) and fits the linear classifier on them.
 * ``freeze_encoder=False`` (fine-tune): encoder and head train with their own learning rates
-  (``encoder_lr``, ``head_lr``), optionally with layer-wise learning-rate decay (:func:`beats_parameter_groups`),
+  (``encoder_lr``, ``head_lr``), optionally with layer-wise learning-rate decay (the depths from
+  :meth:`audio_ssl.models.beats.BEATs.layer_id`, the groups from :func:`audio_ssl.utils.optim.layer_decay_groups`),
   under BaseMethod's per-step warm-up + cosine schedule.
 
 Where the fbank is computed: once per batch, on the device, in the batch hook (``batch["spec"]`` =
@@ -15,24 +16,25 @@ Where the fbank is computed: once per batch, on the device, in the batch hook (`
 Training-only augmentation acts on that fbank: SpecAugment on a ``[B, 1, mels, frames]`` view and mixup
 with soft targets (the loss is ``cross_entropy(logits, soft_targets, label_smoothing)``).
 
-Training, validation and test steps, metrics (``val/acc``, ``test/acc``, top-5, macro-F1, the confusion
-matrix), ``test_outputs`` for the CV runner, ``predict_proba`` (with time-shift TTA) and ``predict_step``
-are those of :class:`SupervisedClassifier`, which this class extends.
+The modes, the optimizer groups and the augmentation pipeline are those of
+:class:`~audio_ssl.methods.finetune.FineTuneClassifier`, which this class extends (adding the BEATs checkpoint, the
+padding mask and the pooling of several hidden states); training, validation and test steps, metrics,
+``test_outputs``, ``predict_proba`` (with time-shift TTA) and ``predict_step`` are those of
+:class:`SupervisedClassifier`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 
 import torch
-from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
 from audio_ssl.features.fbank import BEATsFbank
-from audio_ssl.methods.supervised import SupervisedClassifier
+from audio_ssl.methods.finetune import FineTuneClassifier
 from audio_ssl.models.beats import BEATS_OFFICIAL_URL, BEATs, load_beats_checkpoint
+from audio_ssl.models.heads import PooledLayersHead
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,6 @@ __all__ = [
     "BEATsClassifier",
     "BEATsFbankFrontend",
     "BEATsProbeHead",
-    "beats_layer_id",
-    "beats_parameter_groups",
     "masked_mean",
 ]
 
@@ -68,103 +68,8 @@ def masked_mean(tokens: Tensor, padding_mask: Tensor | None) -> Tensor:
     return (tokens * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
 
 
-class BEATsProbeHead(nn.Module):
-    """Classifier on ``num_layers`` concatenated pooled features ``[B, num_layers * dim]``.
-
-    ``LayerNorm(dim)`` on each layer's pooled vector (when ``norm``), then ``Dropout`` and ``Linear``. The
-    per-layer normalisation puts layers of different scales (the encoder input vs. the top layer) on equal
-    footing when several are concatenated, and makes the head's learning rate insensitive to the feature
-    scale. The official fine-tuning predictor has no norm (set ``norm=False`` to match it).
-    """
-
-    def __init__(self, dim: int, num_layers: int, num_classes: int, norm: bool = True, dropout: float = 0.0):
-        super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"BEATsProbeHead: dropout must be in [0, 1), got {dropout}")
-        self.dim, self.num_layers = dim, num_layers
-        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(dim * num_layers, num_classes)
-
-    def forward(self, pooled: Tensor) -> Tensor:
-        """``[B, num_layers * dim]`` -> logits ``[B, num_classes]``."""
-        x = self.norm(rearrange(pooled, "b (l d) -> b l d", l=self.num_layers))
-        return self.linear(self.dropout(rearrange(x, "b l d -> b (l d)")))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Layer-wise learning-rate decay (timm style)
-# --------------------------------------------------------------------------------------------------------------
-
-_FRONT = re.compile(
-    r"^(patch_embedding|layer_norm|post_extract_proj|encoder\.pos_conv|"
-    r"encoder\.layers\.\d+\.self_attn\.relative_attention_bias)\."
-)
-_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
-_NO_DECAY_NAMES = ("relative_attention_bias", "grep_a", "weight_g")
-
-
-def beats_layer_id(name: str, model: BEATs) -> int:
-    """Depth of a BEATs parameter for layer-wise lr decay: 0 for the front, ``i + 1`` for layer ``i``.
-
-    Front (id 0): the patch embedding and its LayerNorm, ``post_extract_proj``, the convolutional positional
-    embedding, the relative position table (shared by every layer, computed before the first one) and, in
-    post-norm models, ``encoder.layer_norm`` (applied before the layers). In pre-norm models
-    ``encoder.layer_norm`` is the final norm and shares the last layer's id ``L``.
-    """
-    if name.startswith("encoder.layer_norm."):
-        return model.num_layers if model.cfg.layer_norm_first else 0
-    if _FRONT.match(name):
-        return 0
-    if match := _LAYER.match(name):
-        return int(match.group(1)) + 1
-    raise ValueError(f"beats_layer_id: no layer-wise lr rule for BEATs parameter {name!r}")
-
-
-def _no_weight_decay(name: str, param: Tensor) -> bool:
-    """Biases, norm scales and position parameters train without weight decay."""
-    return param.ndim <= 1 or name.endswith(".bias") or any(key in name for key in _NO_DECAY_NAMES)
-
-
-def beats_parameter_groups(
-    model: BEATs,
-    lr: float,
-    weight_decay: float,
-    layer_decay: float | None = None,
-    prefix: str = "encoder",
-) -> list[dict]:
-    """Optimizer groups for the trainable parameters of a BEATs encoder (the predictor is never included).
-
-    Without ``layer_decay`` every parameter gets ``lr``. With it (timm style), a parameter of depth
-    ``id`` (:func:`beats_layer_id`) gets ``lr * layer_decay ** (L - id)``: the last layer ``lr``, layer ``i``
-    ``lr * layer_decay ** (L - 1 - i)``, the front ``lr * layer_decay ** L``. Each depth is split into a
-    weight-decay and a no-weight-decay group; groups are named ``{prefix}.{front|layerN}[.no_decay]`` and
-    carry ``lr_scale``.
-    """
-    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-        raise ValueError(f"layer_decay must be in (0, 1] or None, got {layer_decay}")
-    num_layers = model.num_layers
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad or name.startswith("predictor."):
-            continue
-        depth = beats_layer_id(name, model) if layer_decay is not None else num_layers
-        scale = layer_decay ** (num_layers - depth) if layer_decay is not None else 1.0
-        no_decay = _no_weight_decay(name, param)
-        key = (depth, no_decay)
-        if key not in groups:
-            label = "" if layer_decay is None else (".front" if depth == 0 else f".layer{depth - 1}")
-            groups[key] = {
-                "name": f"{prefix}{label}{'.no_decay' if no_decay else ''}",
-                "params": [],
-                "lr": lr * scale,
-                "lr_scale": scale,
-                "weight_decay": 0.0 if no_decay else weight_decay,
-            }
-            if no_decay:
-                groups[key]["lars_exclude"] = True
-        groups[key]["params"].append(param)
-    return [groups[k] for k in sorted(groups)]
+#: The head on the pooled (optionally several) hidden states; kept under this name for existing imports.
+BEATsProbeHead = PooledLayersHead
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -172,7 +77,7 @@ def beats_parameter_groups(
 # --------------------------------------------------------------------------------------------------------------
 
 
-class BEATsClassifier(SupervisedClassifier):
+class BEATsClassifier(FineTuneClassifier):
     """Pretrained BEATs encoder + mean pooling + linear head, frozen (probe) or fine-tuned.
 
     Args:
@@ -232,68 +137,58 @@ class BEATsClassifier(SupervisedClassifier):
         for name in ("frontend", "encoder"):
             if name in kwargs:
                 raise ValueError(f"BEATsClassifier does not take {name!r}: it is fixed by the BEATs checkpoint")
-        # ``lr`` is head_lr (saved in the hyper-parameters, hence passed back by load_from_checkpoint).
-        if kwargs.pop("lr", head_lr) != head_lr:
-            raise ValueError("BEATsClassifier does not take lr: set encoder_lr and head_lr")
-        if encoder_lr < 0 or head_lr <= 0:
-            raise ValueError(f"encoder_lr must be >= 0 and head_lr > 0, got {encoder_lr}, {head_lr}")
         encoder = load_beats_checkpoint(checkpoint, cache_dir=checkpoint_cache_dir, sha256=checkpoint_sha256,
                                         gradient_checkpointing=gradient_checkpointing)
+        checked_layers = self._check_layers(encoder, layers)
         fbank = encoder.frontend
         frontend = BEATsFbankFrontend(fbank.sample_rate, fbank.num_mel_bins, fbank.frame_length_ms,
                                       fbank.frame_shift_ms, fbank.mean, fbank.std)
+        # The AudioSet predictor of a fine-tuned checkpoint is never trained here.
+        if encoder.predictor is not None:
+            encoder.predictor.requires_grad_(False)
         super().__init__(
-            encoder=encoder, num_classes=num_classes, dropout=dropout, label_smoothing=label_smoothing,
-            freq_mask=freq_mask, time_mask=time_mask, num_freq_masks=num_freq_masks,
+            encoder=encoder, num_classes=num_classes, freeze_encoder=freeze_encoder, head_norm=head_norm,
+            dropout=dropout, encoder_lr=encoder_lr, head_lr=head_lr, layer_decay=layer_decay,
+            label_smoothing=label_smoothing, freq_mask=freq_mask, time_mask=time_mask, num_freq_masks=num_freq_masks,
             num_time_masks=num_time_masks, mixup_alpha=mixup_alpha, mixup_prob=mixup_prob, gain_db=gain_db,
-            time_shift=time_shift, tta_views=tta_views, frontend=frontend, lr=head_lr, **kwargs,
+            time_shift=time_shift, tta_views=tta_views, frontend=frontend, **kwargs,
         )
         self.encoder: BEATs
         self.checkpoint = str(checkpoint)
-        self.freeze_encoder = freeze_encoder
-        self.encoder_lr, self.head_lr, self.layer_decay = encoder_lr, head_lr, layer_decay
-        self.layers = self._check_layers(layers)
         if layerdrop is not None:
             if not 0.0 <= layerdrop < 1.0:
                 raise ValueError(f"layerdrop must be in [0, 1), got {layerdrop}")
             self.encoder.encoder.layerdrop = layerdrop
-        self.augment_spec = freq_mask > 0 or time_mask > 0
+        if checked_layers is not None:  # the head pools several hidden states
+            self.layers = checked_layers
+            self.head = self.build_head(num_classes, head_norm, dropout)
+
+    layers: list[int] | None = None
+    """Hidden states pooled and concatenated (None: the final encoder output)."""
+
+    def build_head(self, num_classes: int, norm: bool, dropout: float) -> PooledLayersHead:
+        """LayerNorm per pooled hidden state -> Dropout -> Linear (:class:`PooledLayersHead`)."""
         num_pooled = len(self.layers) if self.layers is not None else 1
-        self.head = BEATsProbeHead(self.encoder.out_dim, num_pooled, num_classes, norm=head_norm, dropout=dropout)
-        # The AudioSet predictor of a fine-tuned checkpoint is never trained here.
-        if self.encoder.predictor is not None:
-            self.encoder.predictor.requires_grad_(False)
-        # load_beats_checkpoint returns the encoder in eval mode, and Lightning keeps each submodule's mode
-        # at the start of fit: a fine-tuned encoder must be switched to training mode here.
-        if freeze_encoder:
-            self.encoder.requires_grad_(False)
-        self.train()
+        return PooledLayersHead(self.encoder.out_dim, num_pooled, num_classes, norm=norm, dropout=dropout)
 
     @property
     def embedding_dim(self) -> int:
         """``D`` of :meth:`embed`: the encoder width times the number of pooled hidden states."""
         return self.encoder.out_dim * (len(self.layers) if self.layers is not None else 1)
 
-    def _check_layers(self, layers: Sequence[int] | None) -> list[int] | None:
+    @staticmethod
+    def _check_layers(encoder: BEATs, layers: Sequence[int] | None) -> list[int] | None:
         """Validate ``layers`` against the encoder depth; returns non-negative hidden-state indices."""
         if layers is None:
             return None
-        num_states = self.encoder.num_layers + 1
+        num_states = encoder.num_layers + 1
         if len(layers) == 0:
             raise ValueError("layers must name at least one hidden state (or be None for the final output)")
         bad = [i for i in layers if not -num_states <= i < num_states]
         if bad:
-            raise ValueError(f"layers {bad} out of range: this BEATs has {self.encoder.num_layers} layers, so "
+            raise ValueError(f"layers {bad} out of range: this BEATs has {encoder.num_layers} layers, so "
                              f"hidden states 0..{num_states - 1} (0 = encoder input, i = output of layer i)")
         return [i % num_states for i in layers]
-
-    # ------------------------------------------------------------------ modes
-    def train(self, mode: bool = True) -> BEATsClassifier:
-        """As ``nn.Module.train``, but a frozen encoder always stays in eval mode (no dropout or layer drop)."""
-        super().train(mode)
-        if self.freeze_encoder:
-            self.encoder.eval()
-        return self
 
     # ------------------------------------------------------------------ features
     def encode(self, fbank: Tensor, padding_mask: Tensor | None = None) -> Tensor:
@@ -318,28 +213,3 @@ class BEATsClassifier(SupervisedClassifier):
         norm): what the probe pipelines use. ``padding_mask [B, T]`` marks padded samples (True)."""
         fbank, frame_mask = self.encoder.frontend(audio, padding_mask)
         return self.encode(fbank, frame_mask)
-
-    # ------------------------------------------------------------------ device-side transforms
-    def train_transform(self, batch: dict) -> dict:
-        """Waveform gain/shift (if configured) -> fbank -> SpecAugment -> mixup, all on the device."""
-        fbank = self.frontend(self.shift(self.gain(batch["audio"])))
-        if self.augment_spec:
-            view = rearrange(fbank, "b t f -> b 1 f t")
-            fbank = rearrange(self.spec_augment(view), "b 1 f t -> b t f")
-        batch["spec"], batch["target"] = self.mixup(fbank, batch["label"], self.num_classes)
-        return batch
-
-    # ------------------------------------------------------------------ optimisation
-    def parameter_groups(self) -> list[dict]:
-        """The head at ``head_lr`` and, unless frozen, the encoder at ``encoder_lr`` (with layer decay)."""
-        groups = []
-        decay, no_decay = [], []
-        for name, param in self.head.named_parameters():
-            (no_decay if _no_weight_decay(name, param) else decay).append(param)
-        groups.append({"name": "head", "params": decay, "lr": self.head_lr, "weight_decay": self.weight_decay})
-        if no_decay:
-            groups.append({"name": "head.no_decay", "params": no_decay, "lr": self.head_lr, "weight_decay": 0.0,
-                           "lars_exclude": True})
-        if not self.freeze_encoder:
-            groups += beats_parameter_groups(self.encoder, self.encoder_lr, self.weight_decay, self.layer_decay)
-        return groups

@@ -524,6 +524,35 @@ class BEATs(nn.Module):
             self.predictor = None
         self.set_gradient_checkpointing(gradient_checkpointing)
 
+    #: Substrings of parameter names that train without weight decay besides biases and 1-D parameters: the
+    #: shared relative position table, the gated relative position's constants and the positional convolution's
+    #: weight-norm magnitude (read by :func:`audio_ssl.utils.optim.layer_decay_groups`).
+    no_weight_decay_keys: tuple[str, ...] = ("relative_attention_bias", "grep_a", "weight_g")
+
+    def layer_id(self, name: str) -> int:
+        """Depth of parameter ``name`` (as in ``named_parameters()``) for layer-wise lr decay: 0 for the front,
+        ``i + 1`` for Transformer layer ``i``, ``num_layers`` for what sits on top.
+
+        Front (0): the patch embedding and its LayerNorm, ``post_extract_proj``, the convolutional positional
+        embedding, the relative position table (shared by every layer, computed before the first one) and, in
+        post-norm models, ``encoder.layer_norm`` (applied before the layers). In pre-norm models
+        ``encoder.layer_norm`` is the final norm: ``num_layers``, as is a fine-tuned checkpoint's ``predictor``.
+        Raises ValueError for a name this model does not have.
+        """
+        parts = name.split(".")
+        if parts[0] in ("patch_embedding", "layer_norm", "post_extract_proj"):
+            return 0
+        if parts[0] == "predictor":
+            return self.num_layers
+        if parts[0] == "encoder" and len(parts) > 2:
+            if parts[1] == "pos_conv":
+                return 0
+            if parts[1] == "layer_norm":
+                return self.num_layers if self.cfg.layer_norm_first else 0
+            if parts[1] == "layers" and parts[2].isdigit() and int(parts[2]) < self.num_layers:
+                return 0 if parts[3:4] == ["self_attn"] and "relative_attention_bias" in parts else int(parts[2]) + 1
+        raise ValueError(f"BEATs.layer_id: {name!r} is not a parameter of this BEATs model")
+
     @property
     def gradient_checkpointing(self) -> bool:
         return self.encoder.gradient_checkpointing

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from einops import rearrange
 from torch import Tensor, nn
 
-__all__ = ["ClassificationHead", "ProjectionHead"]
+__all__ = ["ClassificationHead", "PooledLayersHead", "ProjectionHead"]
 
 
 class ClassificationHead(nn.Module):
@@ -81,3 +82,31 @@ class ProjectionHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[B, in_dim]`` -> projections ``[B, out_dim]``."""
         return self.net(x)
+
+
+class PooledLayersHead(nn.Module):
+    """Classifier on ``num_layers`` concatenated pooled features ``[B, num_layers * dim]`` of a pretrained encoder.
+
+    ``LayerNorm(dim)`` on each layer's pooled vector (when ``norm``), then ``Dropout`` and ``Linear``; with one
+    layer this is the usual fine-tuning head ``LayerNorm -> Dropout -> Linear`` (as in AST's and BEATs'
+    classifiers, whose official BEATs predictor has no norm: ``norm=False``). The per-layer normalisation puts
+    layers of different scales on equal footing when several are concatenated, and makes the head's learning
+    rate insensitive to the feature scale.
+    """
+
+    def __init__(self, dim: int, num_layers: int, num_classes: int, norm: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if dim < 1 or num_layers < 1 or num_classes < 1:
+            raise ValueError(f"PooledLayersHead: dim, num_layers and num_classes must be >= 1, got {dim}, "
+                             f"{num_layers}, {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"PooledLayersHead: dropout must be in [0, 1), got {dropout}")
+        self.dim, self.num_layers = dim, num_layers
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(dim * num_layers, num_classes)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """``[B, num_layers * dim]`` -> logits ``[B, num_classes]``."""
+        x = self.norm(rearrange(pooled, "b (l d) -> b l d", l=self.num_layers))
+        return self.linear(self.dropout(rearrange(x, "b l d -> b (l d)")))

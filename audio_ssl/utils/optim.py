@@ -180,3 +180,70 @@ def build_scheduler(name: str, optimizer, total_steps: int, warmup_fraction: flo
         warmup = round(warmup_fraction * total_steps)
         return WarmupCosineSchedule(optimizer, total_steps, warmup)
     raise ValueError(f"scheduler={name!r} is not one of onecycle, cosine, constant, none")
+
+
+def no_weight_decay(name: str, param: torch.Tensor, keys: tuple[str, ...] = ()) -> bool:
+    """Whether a parameter trains without weight decay: biases, 1-D parameters (norm scales) and any parameter
+    whose name contains one of ``keys`` (position tables, class tokens: an encoder's ``no_weight_decay_keys``)."""
+    return param.ndim <= 1 or name.endswith(".bias") or any(key in name for key in keys)
+
+
+def layer_decay_groups(
+    encoder: nn.Module,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    prefix: str = "encoder",
+) -> list[dict]:
+    """Optimizer groups for the trainable parameters of ``encoder``, with optional layer-wise lr decay.
+
+    Layer-wise decay as in BEiT (Bao et al., 2022) and timm's ``param_groups_layer_decay``: the encoder states
+    its depth, ``encoder.num_layers`` (int, L) and ``encoder.layer_id(param_name) -> int`` (0 = stem/embeddings,
+    ``i + 1`` = block ``i``, ``L`` = the final norm, which shares the last block's group), and a parameter of depth
+    ``d`` gets ``lr * layer_decay ** (L - d)``: the last block ``lr``, the stem ``lr * layer_decay ** L``.
+    Without ``layer_decay`` every parameter gets ``lr`` (the encoder then needs neither attribute).
+
+    Each depth is split into a weight-decay and a no-weight-decay group (:func:`no_weight_decay` with the
+    encoder's optional ``no_weight_decay_keys``). Groups are named ``{prefix}[.front|.layerN][.no_decay]``
+    (``front`` = depth 0, ``layerN`` = depth ``N + 1`` and the final norm), ordered by depth, and carry
+    ``lr_scale``; no-decay groups set ``lars_exclude``. Parameters with ``requires_grad=False`` are left out.
+
+    Raises:
+        ValueError: ``layer_decay`` outside (0, 1]; an encoder without ``num_layers``/``layer_id`` when
+            ``layer_decay`` is set; a ``layer_id`` outside ``0..L``.
+    """
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1] or None, got {layer_decay}")
+    keys = tuple(getattr(encoder, "no_weight_decay_keys", ()))
+    if layer_decay is not None:
+        if not callable(getattr(encoder, "layer_id", None)) or not isinstance(getattr(encoder, "num_layers", None),
+                                                                               int):
+            raise ValueError(f"layer_decay={layer_decay} needs an encoder that states its depth (num_layers: int and "
+                             f"layer_id(param_name) -> int); {type(encoder).__name__} does not: set layer_decay to null")
+        num_layers = int(encoder.num_layers)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in encoder.named_parameters():
+        if not param.requires_grad:
+            continue
+        if layer_decay is None:
+            depth, scale, label = 0, 1.0, ""
+        else:
+            depth = int(encoder.layer_id(name))
+            if not 0 <= depth <= num_layers:
+                raise ValueError(f"{type(encoder).__name__}.layer_id({name!r}) = {depth}, outside 0..{num_layers}")
+            scale = layer_decay ** (num_layers - depth)
+            label = ".front" if depth == 0 else f".layer{min(depth, num_layers) - 1}"
+        skip_decay = no_weight_decay(name, param, keys)
+        key = (depth, skip_decay)
+        if key not in groups:
+            groups[key] = {
+                "name": f"{prefix}{label}{'.no_decay' if skip_decay else ''}",
+                "params": [],
+                "lr": lr * scale,
+                "lr_scale": scale,
+                "weight_decay": 0.0 if skip_decay else weight_decay,
+            }
+            if skip_decay:
+                groups[key]["lars_exclude"] = True
+        groups[key]["params"].append(param)
+    return [groups[k] for k in sorted(groups)]

@@ -24,9 +24,10 @@ from audio_ssl.evaluation.beats_probe import (
 from audio_ssl.evaluation.fold import FoldContext
 from audio_ssl.evaluation.probe import ProbeConfig
 from audio_ssl.evaluation.registry import get_pipeline
-from audio_ssl.methods.beats import BEATsClassifier, beats_parameter_groups, masked_mean
+from audio_ssl.methods.beats import BEATsClassifier, masked_mean
 from audio_ssl.models.beats import BEATs, BEATsCheckpointError, BEATsConfig, save_beats_checkpoint
 from audio_ssl.tools.make_beats_checkpoint import beats_config, ensure_tiny_checkpoint, make_beats_checkpoint
+from audio_ssl.utils.optim import layer_decay_groups
 
 NO_AUG = dict(freq_mask=0, time_mask=0, mixup_prob=0.0, label_smoothing=0.0)
 
@@ -122,14 +123,14 @@ def test_layer_decay_gives_the_exact_per_layer_lrs(tiny_ckpt: Path) -> None:
 def test_layer_decay_prenorm_final_norm_is_top_layer() -> None:
     cfg = dict(beats_config("tiny").to_dict(), layer_norm_first=True, deep_norm=False)
     model = BEATs(BEATsConfig.from_dict(cfg))
-    lrs = _lr_of(beats_parameter_groups(model, lr=1.0, weight_decay=0.0, layer_decay=0.1))
+    lrs = _lr_of(layer_decay_groups(model, lr=1.0, weight_decay=0.0, layer_decay=0.1))
     params = dict(model.named_parameters())
     assert lrs[id(params["encoder.layer_norm.weight"])] == 1.0
     assert lrs[id(params["encoder.layers.2.fc1.weight"])] == 1.0
     assert lrs[id(params["encoder.layers.0.fc1.weight"])] == pytest.approx(0.01)
     assert lrs[id(params["patch_embedding.weight"])] == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="layer_decay"):
-        beats_parameter_groups(model, 1.0, 0.0, layer_decay=1.5)
+        layer_decay_groups(model, 1.0, 0.0, layer_decay=1.5)
 
 
 # ---------------------------------------------------------------------------------------------- modes

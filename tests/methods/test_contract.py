@@ -10,7 +10,7 @@ import inspect
 import lightning as L
 import pytest
 import torch
-from cli_utils import ROOT, common_args, config_args, small_overrides
+from cli_utils import ROOT, common_args, config_args, prepare_recipe, small_overrides
 
 import audio_ssl.methods as methods
 from audio_ssl.cli import build_cli
@@ -22,6 +22,7 @@ RECIPES = {  # one CPU recipe per method: its experiments/ YAMLs in --config ord
     "BYOLA": ("byola.yaml", "cpu/byola.yaml"),
     "MaskedTokenPrediction": ("masked_cnn.yaml", "cpu/masked_cnn.yaml"),
     "BEATsClassifier": ("beats_probe.yaml",),
+    "FineTuneClassifier": ("zoo/wav2vec2_finetune.yaml",),
 }
 
 
@@ -33,10 +34,7 @@ def test_every_method_has_a_contract_recipe():
 
 def fit_one_batch(recipe: tuple[str, ...], esc50_root, cache_dir, tmp_path):
     configs = tuple(ROOT / "experiments" / name for name in recipe)
-    if recipe[0].startswith("beats_"):
-        from audio_ssl.tools.make_beats_checkpoint import ensure_tiny_checkpoint
-
-        ensure_tiny_checkpoint()
+    prepare_recipe(configs)
     args = ["fit", *config_args(configs), *common_args(esc50_root, cache_dir, tmp_path), *small_overrides(configs),
             "--trainer.max_epochs", "1", "--trainer.max_steps", "1", "--trainer.num_sanity_val_steps", "0"]
     cli = build_cli(args)

@@ -1,0 +1,173 @@
+"""A pretrained encoder as a frozen probe or fine-tuned with differential learning rates and layer-wise lr decay.
+
+:class:`FineTuneClassifier` takes any encoder module (``out_dim``; ``forward(inputs) -> [B, out_dim]`` pooled
+features of the front end's output) and puts a head on it: ``LayerNorm -> Dropout -> Linear``
+(:class:`~audio_ssl.models.heads.PooledLayersHead`). Two modes:
+
+* ``freeze_encoder=True`` (probe): the encoder stays in eval mode (no dropout, no layer drop, no model-internal
+  masking) with ``requires_grad=False``, and runs without building a graph; only the head trains.
+* ``freeze_encoder=False`` (fine-tune): encoder and head train with their own learning rates (``encoder_lr``,
+  ``head_lr``). With ``layer_decay`` the encoder's learning rates fall geometrically from the top block to the
+  stem (BEiT, Bao et al., 2022; timm's ``param_groups_layer_decay``); the depths come from the encoder itself
+  (``num_layers`` and ``layer_id(param_name)``, see :func:`audio_ssl.utils.optim.layer_decay_groups`), so one
+  method serves BEATs, the Hugging Face encoders and the timm CNNs. Biases, norms and the encoder's
+  ``no_weight_decay_keys`` train without weight decay.
+
+The front end: ``frontend`` when given (e.g. the log-mel of a CNN recipe), otherwise the encoder's own
+(``encoder.build_frontend(sample_rate)``: the Hugging Face encoders' feature extractors), otherwise BaseMethod's
+default log-mel. Training-only augmentation, on the device: waveform gain and time shift, SpecAugment on a
+spectrogram front end's output (``[B, 1, F, T]`` or time-major ``[B, frames, mels]``; a waveform front end
+refuses masks), and mixup on the front end's output with soft targets.
+
+Steps, metrics, ``test_outputs``, ``predict_proba`` (with time-shift TTA) and ``predict_step`` are those of
+:class:`SupervisedClassifier`.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from audio_ssl.methods.supervised import SupervisedClassifier
+from audio_ssl.models.heads import PooledLayersHead
+from audio_ssl.utils.optim import layer_decay_groups, no_weight_decay
+
+__all__ = ["FineTuneClassifier"]
+
+
+class FineTuneClassifier(SupervisedClassifier):
+    """Pretrained encoder + ``LayerNorm -> Dropout -> Linear`` head, frozen (probe) or fine-tuned.
+
+    Args:
+        encoder: the pretrained encoder (``out_dim``; ``forward`` gives pooled ``[B, out_dim]``). For
+            ``layer_decay`` it also provides ``num_layers: int`` and ``layer_id(param_name) -> int``.
+        freeze_encoder: probe mode: the encoder frozen in eval mode, no gradients; only the head trains.
+        head_norm: LayerNorm on the pooled features before the linear layer.
+        dropout: dropout before the linear layer.
+        encoder_lr, head_lr: learning rates of the encoder and of the head (``encoder_lr`` unused when frozen).
+        layer_decay: layer-wise lr decay factor in (0, 1] (None: every encoder parameter at ``encoder_lr``).
+        label_smoothing, freq_mask, time_mask, num_freq_masks, num_time_masks, mixup_alpha, mixup_prob,
+            gain_db, time_shift, tta_views: as in :class:`SupervisedClassifier` (masks in the front end's
+            bins/frames; 0 turns SpecAugment off, the default).
+        **kwargs: :class:`BaseMethod` options (sample_rate, frontend, optimizer, weight_decay, scheduler,
+            warmup_fraction, ...). ``lr`` is not accepted: set ``encoder_lr`` and ``head_lr``.
+
+    Raises:
+        ValueError: ``lr`` given, a negative ``encoder_lr`` or non-positive ``head_lr``, ``layer_decay`` outside
+            (0, 1] or with an encoder that does not state its depth, a front end at another sample rate than
+            the data (the error names both rates).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int = 50,
+        freeze_encoder: bool = False,
+        head_norm: bool = True,
+        dropout: float = 0.0,
+        encoder_lr: float = 1e-5,
+        head_lr: float = 1e-3,
+        layer_decay: float | None = None,
+        label_smoothing: float = 0.1,
+        freq_mask: int = 0,
+        time_mask: int = 0,
+        num_freq_masks: int = 1,
+        num_time_masks: int = 1,
+        mixup_alpha: float = 0.4,
+        mixup_prob: float = 0.5,
+        gain_db: float = 0.0,
+        time_shift: float = 0.0,
+        tta_views: int = 1,
+        **kwargs,
+    ):
+        name = type(self).__name__
+        # ``lr`` is head_lr (saved in the hyper-parameters, hence passed back by load_from_checkpoint).
+        if kwargs.pop("lr", head_lr) != head_lr:
+            raise ValueError(f"{name} does not take lr: set encoder_lr and head_lr")
+        if encoder_lr < 0 or head_lr <= 0:
+            raise ValueError(f"{name}: encoder_lr must be >= 0 and head_lr > 0, got {encoder_lr}, {head_lr}")
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"{name}: layer_decay must be in (0, 1] or None, got {layer_decay}")
+        if layer_decay is not None and not freeze_encoder and not (
+                callable(getattr(encoder, "layer_id", None)) and isinstance(getattr(encoder, "num_layers", None), int)):
+            raise ValueError(f"{name}: layer_decay={layer_decay} needs an encoder with num_layers and "
+                             f"layer_id(param_name); {type(encoder).__name__} has none: set layer_decay to null")
+        if kwargs.get("frontend") is None and callable(getattr(encoder, "build_frontend", None)):
+            kwargs["frontend"] = encoder.build_frontend(kwargs.get("sample_rate", 16000))
+        super().__init__(
+            encoder=encoder, num_classes=num_classes, dropout=dropout, label_smoothing=label_smoothing,
+            freq_mask=freq_mask, time_mask=time_mask, num_freq_masks=num_freq_masks,
+            num_time_masks=num_time_masks, mixup_alpha=mixup_alpha, mixup_prob=mixup_prob, gain_db=gain_db,
+            time_shift=time_shift, tta_views=tta_views, lr=head_lr, **kwargs,
+        )
+        self.freeze_encoder = freeze_encoder
+        self.encoder_lr, self.head_lr, self.layer_decay = encoder_lr, head_lr, layer_decay
+        self.augment_spec = freq_mask > 0 or time_mask > 0
+        self.head = self.build_head(num_classes, head_norm, dropout)
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+        # Pretrained models are often returned in eval mode, and Lightning keeps each submodule's mode at the
+        # start of fit: set the modes here (a frozen encoder stays in eval, see train()).
+        self.train()
+
+    def build_head(self, num_classes: int, norm: bool, dropout: float) -> nn.Module:
+        """The classifier on :meth:`encode`'s output: ``LayerNorm -> Dropout -> Linear`` over ``embedding_dim``."""
+        return PooledLayersHead(self.embedding_dim, 1, num_classes, norm=norm, dropout=dropout)
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode: bool = True) -> FineTuneClassifier:
+        """As ``nn.Module.train``, but a frozen encoder always stays in eval mode."""
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    # ------------------------------------------------------------------ features
+    def encode(self, inputs: Tensor) -> Tensor:
+        """Pooled features ``[B, embedding_dim]`` of the front end's output (no graph through a frozen encoder)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            return self.encoder(inputs)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Logits ``[B, num_classes]`` of the front end's output (what ``batch["spec"]`` holds)."""
+        return self.head(self.encode(inputs))
+
+    def embed(self, audio: Tensor) -> Tensor:
+        """Pooled encoder features ``[B, embedding_dim]`` of waveforms ``[B, T]`` at ``sample_rate`` (no
+        augmentation, no head): what the probes use."""
+        return self.encode(self.frontend(audio))
+
+    # ------------------------------------------------------------------ device-side transforms
+    def _mask(self, inputs: Tensor) -> Tensor:
+        """SpecAugment on a spectrogram: ``[B, 1, F, T]`` as is, time-major ``[B, frames, bins]`` transposed."""
+        if inputs.ndim == 4:
+            return self.spec_augment(inputs)
+        if inputs.ndim == 3:
+            return rearrange(self.spec_augment(rearrange(inputs, "b t f -> b 1 f t")), "b 1 f t -> b t f")
+        raise ValueError(f"{type(self).__name__}: freq_mask/time_mask mask a spectrogram, but the front end "
+                         f"{type(self.frontend).__name__} gives {tuple(inputs.shape)} (a waveform): set freq_mask "
+                         "and time_mask to 0")
+
+    def train_transform(self, batch: dict) -> dict:
+        """Waveform gain/shift (if configured) -> front end -> SpecAugment (if configured) -> mixup, on the device."""
+        inputs = self.frontend(self.shift(self.gain(batch["audio"])))
+        if self.augment_spec:
+            inputs = self._mask(inputs)
+        batch["spec"], batch["target"] = self.mixup(inputs, batch["label"], self.num_classes)
+        return batch
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_groups(self) -> list[dict]:
+        """The head at ``head_lr`` (biases and norms without weight decay) and, unless frozen, the encoder at
+        ``encoder_lr`` with layer-wise decay (:func:`audio_ssl.utils.optim.layer_decay_groups`)."""
+        decay, skip = [], []
+        for name, param in self.head.named_parameters():
+            (skip if no_weight_decay(name, param) else decay).append(param)
+        groups = [{"name": "head", "params": decay, "lr": self.head_lr, "weight_decay": self.weight_decay}]
+        if skip:
+            groups.append({"name": "head.no_decay", "params": skip, "lr": self.head_lr, "weight_decay": 0.0,
+                           "lars_exclude": True})
+        if not self.freeze_encoder:
+            groups += layer_decay_groups(self.encoder, self.encoder_lr, self.weight_decay, self.layer_decay)
+        return groups
