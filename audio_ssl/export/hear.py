@@ -37,6 +37,7 @@ independently (eval mode), so a batch gives what each sound alone gives.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +45,7 @@ from torch import Tensor, nn
 from audio_ssl.evaluation.windows import window_starts
 from audio_ssl.export.source import TrainedMethod, load_trained_method
 
-__all__ = ["HEARModel", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
+__all__ = ["HEARModel", "get_scene_embeddings", "get_timestamp_embeddings", "load_model", "write_hear_module"]
 
 MAX_TIMESTAMP_HOP_MS = 50.0
 """The HEAR rules' largest hop between timestamp embeddings."""
@@ -177,3 +178,47 @@ def get_timestamp_embeddings(audio: Tensor, model: HEARModel) -> tuple[Tensor, T
     model.timestamp_embedding_size]``, float32 timestamps ``[n_sounds, n_timestamps]`` in milliseconds, the centre
     of each window, every ``timestamp_hop_ms`` from 0)."""
     return _check_model(model).timestamp_embeddings(audio)
+
+
+HEAR_MODULE_TEMPLATE = '''"""HEAR 2021 module for the audio-ssl checkpoint {name} (written by ``audio-ssl export --format hear``).
+
+    python -m heareval.embeddings.runner {module}     # with this folder's parent on PYTHONPATH
+
+``load_model()`` without a path loads ``model.ckpt`` next to this file; the functions are those of
+:mod:`audio_ssl.export.hear` (audio-ssl must be installed).
+"""
+
+from pathlib import Path
+
+from audio_ssl.export.hear import get_scene_embeddings, get_timestamp_embeddings
+from audio_ssl.export.hear import load_model as _load_model
+
+CHECKPOINT = Path(__file__).with_name("model.ckpt")
+
+__all__ = ["get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
+
+
+def load_model(model_file_path: str = "", **kwargs):
+    """HEAR ``load_model``: this folder's checkpoint unless another is given (options: audio_ssl.export.hear)."""
+    return _load_model(model_file_path or str(CHECKPOINT), **kwargs)
+'''
+
+
+def write_hear_module(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write an importable HEAR module folder ``out_dir`` (``__init__.py`` + a copy of the checkpoint as
+    ``model.ckpt``); its name is the module name, so it must be a Python identifier. The checkpoint is loaded once
+    first, so a bad one fails here. Raises ValueError for a bad name, an existing non-empty folder or a bad
+    checkpoint. Returns ``out_dir``."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    if not out_dir.name.isidentifier():
+        raise ValueError(f"{out_dir}: the folder name is the module name the HEAR kit imports, so it must be a Python "
+                         f"identifier (letters, digits, underscores), got {out_dir.name!r}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"{out_dir}: exists and is not empty; choose a new folder")
+    load_model(os.fspath(checkpoint), device="cpu")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, out_dir / "model.ckpt")
+    (out_dir / "__init__.py").write_text(HEAR_MODULE_TEMPLATE.format(name=Path(checkpoint).name, module=out_dir.name))
+    return out_dir

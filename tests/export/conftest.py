@@ -41,7 +41,7 @@ MODELS = {
             checkpoint: {beats}
             tta_views: 2
             encoder_lr: 1.0e-4
-            head_lr: 1.0e-2
+            head_lr: 1.0e-3  # = BaseMethod.lr (which the CLI passes along)
             scheduler: constant""",
 }
 
