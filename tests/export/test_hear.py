@@ -1,5 +1,5 @@
-"""The HEAR 2021 API (audio_ssl.export.hear) against the API's rules, on a supervised and a SimCLR checkpoint fitted
-for two steps: shapes, dtypes, timestamps in ms at the window centres, short and long sounds, batched equals single,
+"""The HEAR 2021 API (audio_ssl.export.hear) against the API's rules, on supervised, SimCLR and BEATs-classifier
+checkpoints fitted for two steps: shapes, dtypes, timestamps in ms at the window centres, short and long sounds, batched equals single,
 and the embeddings equal to the method's own ``embed`` on hand-cut windows."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ SR = 16000
 CLIP = SR  # the fixtures' checkpoints are trained on 1 s clips
 
 
-@pytest.fixture(scope="module", params=["supervised", "simclr"])
+@pytest.fixture(scope="module", params=["supervised", "simclr", "beats"])
 def model(request) -> hear.HEARModel:
     return hear.load_model(str(request.getfixturevalue(f"{request.param}_ckpt")), device="cpu")
 
@@ -26,7 +26,8 @@ def _audio(n_sounds: int, n_samples: int, seed: int = 0) -> torch.Tensor:
 def test_model_attributes(model):
     assert isinstance(model, torch.nn.Module)
     assert model.sample_rate == SR and isinstance(model.sample_rate, int)
-    assert model.scene_embedding_size == model.timestamp_embedding_size == model.method.embedding_dim == 8
+    assert model.scene_embedding_size == model.timestamp_embedding_size == model.method.embedding_dim
+    assert model.scene_embedding_size == (64 if type(model.method).__name__ == "BEATsClassifier" else 8)
     assert model.clip_samples == CLIP and not model.method.training
 
 
@@ -83,7 +84,7 @@ def test_batches_of_different_lengths_in_turn(model):
     for n in lengths:
         emb, ts = hear.get_timestamp_embeddings(_audio(2, n), model)
         assert emb.shape[:2] == ts.shape == (2, n // 800 + 1)
-        assert hear.get_scene_embeddings(_audio(2, n), model).shape == (2, 8)
+        assert hear.get_scene_embeddings(_audio(2, n), model).shape == (2, model.scene_embedding_size)
 
 
 def test_options_and_bad_inputs(model, supervised_ckpt):
