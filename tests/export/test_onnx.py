@@ -102,6 +102,11 @@ def test_export_command(supervised_ckpt, simclr_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["export", "--format", "onnx", str(simclr_ckpt), "--out", str(tmp_path / "s.onnx")])
     assert exit_info.value.code == 2 and "does not classify" in capsys.readouterr().err
+    for args, message in ((["--format", "onnx", str(tmp_path / "missing.ckpt")], "missing.ckpt: no such checkpoint"),
+                          (["--format", "hear", str(simclr_ckpt)], "--format hear needs --out DIR")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["export", *args])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_hear_module_folder(simclr_ckpt, tmp_path, capsys, monkeypatch):
