@@ -35,6 +35,30 @@ MODELS = {
             optimizer: adamw
             scheduler: constant
             lr: 0.01""",
+    "byola": f"""
+          class_path: audio_ssl.methods.BYOLA
+          init_args:
+            encoder: {RESNET}{FRONTEND}
+            views: {{class_path: audio_ssl.features.BYOLAViews, init_args: {{crop_seconds: 0.5}}}}
+            proj_hidden_dim: 16
+            proj_dim: 8
+            pred_hidden_dim: 16
+            optimizer: adamw
+            scheduler: constant
+            lr: 0.01""",
+    "masked": f"""
+          class_path: audio_ssl.methods.MaskedTokenPrediction
+          init_args:
+            encoder: {{class_path: audio_ssl.models.SpectrogramTransformer, init_args: {{n_mels: 32, max_frames: 64,
+                       patch_size: 8, embed_dim: 16, depth: 1, num_heads: 2, drop_path: 0.0}}}}{FRONTEND}
+            patch_size: 8
+            num_tokens: 8
+            tokenizer_batches: 2
+            max_fit_patches: 500
+            kmeans_iters: 5
+            optimizer: adamw
+            scheduler: constant
+            lr: 0.01""",
     "beats": """
           class_path: audio_ssl.methods.BEATsClassifier
           init_args:
@@ -74,6 +98,16 @@ def supervised_ckpt(tmp_path_factory, esc50_root, cache_dir) -> Path:
 @pytest.fixture(scope="session")
 def simclr_ckpt(tmp_path_factory, esc50_root, cache_dir) -> Path:
     return train_tiny(tmp_path_factory.mktemp("export-simclr"), esc50_root, cache_dir, "simclr")
+
+
+@pytest.fixture(scope="session")
+def byola_ckpt(tmp_path_factory, esc50_root, cache_dir) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("export-byola"), esc50_root, cache_dir, "byola")
+
+
+@pytest.fixture(scope="session")
+def masked_ckpt(tmp_path_factory, esc50_root, cache_dir) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("export-masked"), esc50_root, cache_dir, "masked")
 
 
 @pytest.fixture(scope="session")

@@ -116,3 +116,24 @@ def test_not_a_checkpoint(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
     with pytest.raises(ValueError, match="does not describe its model"):
         hear.load_model(str(path))
+
+
+@pytest.mark.parametrize("kind", ["byola", "masked"])
+def test_other_methods(kind, request):
+    """BYOL-A and the masked-token Transformer: the same rules, in one pass each."""
+    model = hear.load_model(str(request.getfixturevalue(f"{kind}_ckpt")), device="cpu")
+    dim = 16 if kind == "masked" else 8
+    assert model.scene_embedding_size == model.timestamp_embedding_size == model.method.embedding_dim == dim
+    audio = _audio(3, 2 * CLIP + 500, seed=4)
+    scene = hear.get_scene_embeddings(audio, model)
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    assert scene.shape == (3, dim) and emb.shape == (3, (2 * CLIP + 500) // 800 + 1, dim) and ts.shape == emb.shape[:2]
+    with torch.no_grad():
+        windows = [audio[:, s : s + CLIP] for s in (0, CLIP // 2, CLIP, CLIP + 500)]  # the last aligned to the end
+        torch.testing.assert_close(scene, torch.stack([model.method.embed(w) for w in windows]).mean(0),
+                                   rtol=1e-5, atol=1e-5)
+        padded = torch.nn.functional.pad(audio, (CLIP // 2, CLIP // 2))
+        torch.testing.assert_close(emb[:, 7], model.method.embed(padded[:, 5600 : 5600 + CLIP]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hear.get_scene_embeddings(audio[1:2], model)[0], scene[1], rtol=1e-5, atol=1e-6)
+    short = hear.get_scene_embeddings(_audio(2, 100), model)
+    assert short.shape == (2, dim) and torch.isfinite(short).all()
