@@ -11,15 +11,16 @@ Input length:
 
 * **dynamic** (any ``samples >= min_samples``) for :class:`~audio_ssl.methods.supervised.SupervisedClassifier`
   and its subclasses (BEATs classifier) with ``tta_views = 1``: the graph is ``softmax(head(encoder(frontend(x))))``,
-  what ``predict_proba`` computes for them. If the exporter cannot make the length dynamic for an encoder, the
-  export falls back to the fixed length and says so.
+  what ``predict_proba`` computes for them, up to ``max_samples`` for encoders with learned time positions. If
+  the exporter cannot make the length dynamic for an encoder (or the result fails the parity check), the export
+  falls back to the fixed length and says so (:attr:`OnnxExport.note`).
 * **fixed** at the checkpoint's clip length otherwise (test-time augmentation shifts the clip by fractions of its
   length, which the exporter cannot make symbolic): the graph computes ``predict_proba`` on clips of exactly
   ``clip_samples``. Score longer recordings in clip windows (as ``audio-ssl classify`` does).
 
 ``metadata_props`` of the model (all strings): ``class_names`` (a JSON list, ``[]`` when the checkpoint has none),
 ``sample_rate``, ``num_classes``, ``input_samples`` (``"dynamic"`` or the fixed count), ``min_samples``,
-``clip_samples``, ``method``, ``source_checkpoint`` (file name), ``audio_ssl_version``, ``git_commit``.
+``max_samples`` (``"none"`` without a limit), ``clip_samples``, ``method``, ``source_checkpoint`` (file name), ``audio_ssl_version``, ``git_commit``.
 :class:`OnnxClassifier` reads them and checks inputs against them.
 
 After writing, :func:`export_onnx` runs the file with onnxruntime on random clips and compares it with the
@@ -87,7 +88,24 @@ def min_samples(method: BaseMethod) -> int:
     frames = int(patch[-1] if isinstance(patch, tuple | list) else patch) if patch is not None else 1
     if isinstance(frontend, ConvKaldiFbank):
         return frontend.window + (frames - 1) * frontend.shift
-    return max(2, (frames - 1) * int(frontend.hop_length) + 1)
+    return max(2, (frames - 1) * int(frontend.hop_length))
+
+
+def max_samples(method: BaseMethod) -> int | None:
+    """The longest waveform the method accepts (``None``: no limit): encoders with learned time positions
+    (``max_frames``, e.g. the spectrogram Transformer) take ``max_time_patches`` patches of ``p`` frames, and
+    frames past the last whole patch are cropped, so at most ``(max_time_patches + 1) * p - 1`` frames."""
+    encoder = method.encoder
+    if getattr(encoder, "pos_embed_type", None) != "learned" or not hasattr(encoder, "max_time_patches"):
+        return None
+    patch = encoder.patch_size
+    p_t = int(patch[-1] if isinstance(patch, tuple | list) else patch)
+    frames = (int(encoder.max_time_patches) + 1) * p_t - 1
+    frontend = export_frontend(method.frontend)
+    samples = (frames + 1) * int(getattr(frontend, "hop_length", getattr(frontend, "shift", 1)))
+    while frontend.num_frames(samples) > frames:
+        samples -= 1
+    return samples
 
 
 @dataclass
@@ -99,13 +117,15 @@ class OnnxExport:
     input_samples: int | None
     """The fixed input length (``None`` when dynamic)."""
     min_samples: int
+    max_samples: int | None
+    """The longest input (``None``: no limit)."""
     max_abs_diff: float
     """Largest absolute difference between onnxruntime's and PyTorch's probabilities on the check clips."""
     note: str = ""
     """Why a dynamic length fell back to the fixed one (empty otherwise)."""
 
 
-def _metadata(trained: TrainedMethod, dynamic: bool, shortest: int) -> dict[str, str]:
+def _metadata(trained: TrainedMethod, dynamic: bool, shortest: int, longest: int | None) -> dict[str, str]:
     meta = trained.metadata
     method = trained.method
     return {
@@ -114,6 +134,7 @@ def _metadata(trained: TrainedMethod, dynamic: bool, shortest: int) -> dict[str,
         "num_classes": str(int(method.num_classes)),
         "input_samples": "dynamic" if dynamic else str(trained.clip_samples),
         "min_samples": str(shortest if dynamic else trained.clip_samples),
+        "max_samples": (str(longest) if longest is not None else "none") if dynamic else str(trained.clip_samples),
         "clip_samples": str(trained.clip_samples),
         "method": str(meta.get("method") or type(method).__name__),
         "source_checkpoint": trained.source.name,
@@ -123,12 +144,12 @@ def _metadata(trained: TrainedMethod, dynamic: bool, shortest: int) -> dict[str,
 
 
 def _export(module: ExportedClassifier, example: Tensor, out: Path, opset: int, dynamic: bool,
-            shortest: int, metadata: dict[str, str]) -> None:
+            shortest: int, longest: int | None, metadata: dict[str, str]) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     dims = {0: torch.export.Dim("batch")}
     if dynamic:
-        dims[1] = torch.export.Dim("samples", min=shortest, max=2**31 - 1)
+        dims[1] = torch.export.Dim("samples", min=shortest, max=longest if longest is not None else 2**31 - 1)
     with sdpa_kernel([SDPBackend.MATH]), torch.no_grad():
         program = torch.onnx.export(module, (example,), dynamo=True, input_names=[INPUT_NAME],
                                     output_names=[OUTPUT_NAME], dynamic_shapes={"waveform": dims},
@@ -146,7 +167,8 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = N
         out: the ``.onnx`` file (default: the checkpoint's path with the suffix ``.onnx``).
         opset: ONNX opset, at least :data:`DEFAULT_OPSET`.
         tolerance: largest allowed absolute difference of probabilities between onnxruntime and PyTorch on
-            ``check_clips`` random clips (of the clip length, and also 1.5 clips when the length is dynamic).
+            ``check_clips`` random clips (of the clip length; when the length is dynamic also of 1.5 clips, or the
+            longest allowed, and of the shortest allowed).
 
     Raises ValueError (naming the checkpoint) for a method that does not classify (use the HEAR export for its
     embeddings), a bad opset, a checkpoint that cannot be read, or a failed parity check.
@@ -162,45 +184,54 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = N
                          "no class probabilities to export; export its embeddings with the HEAR API instead "
                          "(audio-ssl export --format hear CHECKPOINT --out DIR, or audio_ssl.export.hear.load_model)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    shortest = min_samples(method)
+    shortest, longest = min_samples(method), max_samples(method)
     gen = torch.Generator().manual_seed(0)
     example = 0.1 * torch.randn(2, trained.clip_samples, generator=gen)
-    dynamic, note = supports_dynamic_length(method), ""
-    try:
+    note = ""
+    for dynamic in ([True, False] if supports_dynamic_length(method) else [False]):
+        lengths = [trained.clip_samples]
         if dynamic:
-            try:
-                _export(ExportedClassifier(method, True), example, out, opset, True, shortest,
-                        _metadata(trained, True, shortest))
-            except Exception as err:  # the exporter's many error types: fall back to the fixed length
-                dynamic = False
-                note = (f"the length could not be made dynamic ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                        f"exported for clips of {trained.clip_samples} samples")
-        if not dynamic:
-            _export(ExportedClassifier(method, False), example, out, opset, False, shortest,
-                    _metadata(trained, False, shortest))
-        runtime = OnnxClassifier(out)
-        lengths = [trained.clip_samples] + ([trained.clip_samples * 3 // 2] if dynamic else [])
-        worst = 0.0
-        for length in lengths:
-            clips = 0.3 * torch.randn(check_clips, length, generator=gen)
-            with torch.no_grad():
-                expected = method.predict_proba(clips).numpy()
-            worst = max(worst, float(np.abs(runtime.predict_proba(clips.numpy()) - expected).max()))
-        if not worst < tolerance:
-            raise ValueError(f"{checkpoint}: the ONNX model's probabilities differ from PyTorch's by {worst:.3g} "
-                             f"(allowed {tolerance:g}); {out} is not usable")
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            out.unlink()
-        raise
-    return OnnxExport(out, dynamic, None if dynamic else trained.clip_samples, shortest if dynamic
-                      else trained.clip_samples, worst, note)
+            lengths += sorted({min(trained.clip_samples * 3 // 2, longest or 2**31), shortest} - {trained.clip_samples})
+        try:
+            _export(ExportedClassifier(method, dynamic), example, out, opset, dynamic, shortest, longest,
+                    _metadata(trained, dynamic, shortest, longest))
+            worst = _compare(method, OnnxClassifier(out), lengths, check_clips, gen)
+            if not worst < tolerance:
+                raise ValueError(f"{checkpoint}: the ONNX model's probabilities differ from PyTorch's by {worst:.3g} "
+                                 f"(allowed {tolerance:g}) on clips of {lengths} samples")
+            break
+        except BaseException as err:
+            with contextlib.suppress(FileNotFoundError):
+                out.unlink()
+            if dynamic and isinstance(err, Exception):  # the exporter's many error types: try the fixed length
+                note = (f"the length could not be made dynamic ({type(err).__name__}: "
+                        f"{(str(err).splitlines() or [''])[0][:200]}); exported for clips of {trained.clip_samples} samples")
+                continue
+            if isinstance(err, Exception) and not isinstance(err, ValueError | OSError):
+                raise ValueError(f"{checkpoint}: torch.onnx.export failed ({type(err).__name__}: "
+                                 f"{(str(err).splitlines() or [''])[0][:300]})") from err
+            raise
+    return OnnxExport(out, dynamic, None if dynamic else trained.clip_samples,
+                      shortest if dynamic else trained.clip_samples, longest if dynamic else trained.clip_samples,
+                      worst, note)
+
+
+def _compare(method: BaseMethod, runtime: OnnxClassifier, lengths: list[int], clips: int,
+             gen: torch.Generator) -> float:
+    """Largest absolute difference of probabilities between onnxruntime and PyTorch on random clips."""
+    worst = 0.0
+    for length in lengths:
+        wave = 0.3 * torch.randn(clips, length, generator=gen)
+        with torch.no_grad():
+            expected = method.predict_proba(wave).numpy()
+        worst = max(worst, float(np.abs(runtime.predict_proba(wave.numpy()) - expected).max()))
+    return worst
 
 
 class OnnxClassifier:
     """An exported classifier run with onnxruntime: ``predict_proba(waveform [B, T] float32) -> [B, C]``.
 
-    Reads the model's ``metadata_props`` (``class_names``, ``sample_rate``, ``input_samples``, ``min_samples``) and
+    Reads the model's ``metadata_props`` (``class_names``, ``sample_rate``, ``input_samples``, ``min_samples``, ``max_samples``) and
     checks every input against them. ``threads`` sets onnxruntime's intra-op threads (``None``: its default).
     """
 
@@ -223,6 +254,7 @@ class OnnxClassifier:
         self.sample_rate = int(meta["sample_rate"])
         self.input_samples = None if meta["input_samples"] == "dynamic" else int(meta["input_samples"])
         self.min_samples = int(meta["min_samples"])
+        self.max_samples = None if meta.get("max_samples", "none") == "none" else int(meta["max_samples"])
         self.metadata = dict(meta)
 
     def predict_proba(self, waveform: np.ndarray) -> np.ndarray:
@@ -238,4 +270,7 @@ class OnnxClassifier:
                              f"({self.input_samples / self.sample_rate:g} s at {self.sample_rate} Hz), got {samples}")
         if samples < self.min_samples:
             raise ValueError(f"{self.path.name}: clips need at least {self.min_samples} samples, got {samples}")
+        if self.max_samples is not None and samples > self.max_samples:
+            raise ValueError(f"{self.path.name}: clips may have at most {self.max_samples} samples (the encoder's "
+                             f"max_frames), got {samples}")
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: waveform})[0]

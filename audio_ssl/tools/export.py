@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
             result = export_onnx(args.checkpoint, args.out, args.opset)
             if result.note:
                 print(f"audio-ssl export: note: {result.note}", file=sys.stderr)
-            length = ("any length >= " + str(result.min_samples) + " samples" if result.dynamic_length
+            upper = f" and <= {result.max_samples}" if result.max_samples is not None else ""
+            length = (f"any length >= {result.min_samples}{upper} samples" if result.dynamic_length
                       else f"exactly {result.input_samples} samples")
             print(f"wrote {result.path} (input: waveform [batch, samples], {length}; onnxruntime vs PyTorch max "
                   f"abs difference {result.max_abs_diff:.2g})")

@@ -129,3 +129,34 @@ def test_hear_module_folder(simclr_ckpt, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         cli_main(["export", "--format", "hear", str(simclr_ckpt), "--out", str(folder)])
     assert "not empty" in capsys.readouterr().err
+
+
+def test_dynamic_length_bounded_by_learned_positions(tmp_path):
+    """A Transformer classifier with learned time positions (max_frames 64, patches of 8 frames, hop 256): the
+    export takes 7 * 256 = 1792 samples (8 frames) to 71 * 256 - 1 = 18175 samples (71 frames: 8 patches, the last
+    7 frames cropped) and says so."""
+    from audio_ssl.methods.base import BaseMethod
+
+    block = {"class_path": "audio_ssl.methods.SupervisedClassifier", "init_args": {
+        "tta_views": 1,
+        "encoder": {"class_path": "audio_ssl.models.SpectrogramTransformer", "init_args": {
+            "n_mels": 32, "max_frames": 64, "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2,
+            "drop_path": 0.0, "pos_embed": "learned"}},
+        "frontend": {"class_path": "audio_ssl.features.LogMelSpectrogram",
+                     "init_args": {"n_fft": 512, "hop_length": 256, "n_mels": 32, "normalize": "instance"}}}}
+    meta = {"model_config": block, "num_classes": 5, "sample_rate": SR,
+            "data": {"clip_seconds": 1.0, "class_names": list("abcde")}}
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "vit.ckpt"
+    torch.save({"state_dict": BaseMethod.from_metadata(meta).state_dict(), CHECKPOINT_KEY: meta}, checkpoint)
+    result = export_onnx(checkpoint, tmp_path / "vit.onnx")
+    assert result.dynamic_length and (result.min_samples, result.max_samples) == (1792, 18175)
+    _parity(result.path, checkpoint, [1792, 8000, 18175])
+    runtime = OnnxClassifier(result.path)
+    with pytest.raises(ValueError, match="at most 18175 samples"):
+        runtime.predict_proba(np.zeros((1, 18176), np.float32))
+    method = load_trained_method(checkpoint).method
+    with pytest.raises(ValueError, match="max_frames"):  # PyTorch refuses the same input
+        method.predict_proba(torch.zeros(1, 18176))
+    with pytest.raises(ValueError, match="at least 1792"):
+        runtime.predict_proba(np.zeros((1, 1791), np.float32))
