@@ -16,8 +16,8 @@ end's; setting a linked value by hand is refused.
 
 Project tools (own argument parsers): ``demo`` (synthetic data, end to end), ``cv`` (k-fold cross-validation),
 ``results`` (Markdown table of CV summaries), ``probe`` (linear probe on a checkpoint), ``classify`` (any audio
-files), ``make-beats-checkpoint``, ``cache`` (list/clean the waveform caches). ``audio-ssl --help`` lists both
-groups, ``audio-ssl --version`` the version.
+files), ``make-beats-checkpoint``, ``cache`` (list/clean the waveform caches), ``export`` (ONNX / HEAR).
+``audio-ssl --help`` lists both groups, ``audio-ssl --version`` the version.
 
 Runs describe themselves: every checkpoint stores the data, class names, folds and the resolved model config
 (:meth:`audio_ssl.methods.base.BaseMethod.checkpoint_metadata`); the W&B run gets the fully resolved config, and
@@ -80,6 +80,7 @@ TOOLS = {
     "probe": "audio_ssl.evaluation.probe",
     "cache": "audio_ssl.tools.cache",
     "serve": "audio_ssl.serve.server",
+    "export": "audio_ssl.tools.export",
 }
 
 TOOL_HELP = {
@@ -92,6 +93,7 @@ TOOL_HELP = {
     "make-beats-checkpoint": "write a small random BEATs checkpoint in the official format",
     "cache": "list the waveform caches (cache list) or delete unused/damaged ones (cache clean)",
     "serve": "HTTP inference API and web page for a checkpoint (FastAPI + uvicorn)",
+    "export": "a checkpoint as an ONNX classifier (--format onnx) or a HEAR 2021 module (--format hear)",
 }
 
 

@@ -20,6 +20,7 @@ LAYERS = [  # lowest first; a folder may import from its own layer's other folde
     {"methods"},
     {"cli"},
     {"evaluation"},
+    {"export"},  # HEAR API and ONNX export of checkpoints (HEAR's long-audio windows come from evaluation/windows)
     {"tools"},
     {"serve"},  # the HTTP server stands on classify (tools/classify.py)
 ]
