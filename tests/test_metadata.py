@@ -218,7 +218,7 @@ def test_wandb_logger_dropped_with_a_warning_when_wandb_is_missing(monkeypatch):
 def test_importing_the_cli_does_not_import_wandb():
     import subprocess
 
-    code = "import sys, audio_ssl.cli, audio_ssl.tools.classify, audio_ssl.evaluation.probe; print('wandb' in sys.modules)"
+    code = "import sys, audio_ssl.cli, audio_ssl.tools.classify, audio_ssl.tools.probe; print('wandb' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
