@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import tiny_cv_overrides
 from torch.utils.data import Subset
 
 from audio_ssl.evaluation import probe as P
@@ -20,8 +21,6 @@ from audio_ssl.evaluation.pipelines import limit_clips, probe_frozen
 
 ROOT = Path(__file__).resolve().parents[2]
 SUPERVISED = ROOT / "experiments" / "supervised_cpu.yaml"
-TINY = ["--model.init_args.encoder.init_args.widths", "[8, 8, 16, 16]", "--model.init_args.frontend.init_args.n_mels",
-        "32"]
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +139,7 @@ def test_frozen_probe_pipeline_end_to_end(tiny, tmp_path, esc50_root, cache_dir,
 
     model, dm = tiny
     monkeypatch.chdir(tmp_path)
-    overrides = ["--data.init_args.data_dir", str(esc50_root), "--data.init_args.cache_dir", str(cache_dir),
-                 "--data.init_args.num_workers", "0", "--data.init_args.clip_seconds", "1.0", *TINY]
+    overrides = tiny_cv_overrides(esc50_root, cache_dir)
     # The outside weights: an encoder of the recipe's architecture with its own random draw (seed 7).
     donor = build_cli(["--config", str(SUPERVISED), *overrides, "--trainer.logger", "false",
                        "--seed_everything", "7"], run=False).model

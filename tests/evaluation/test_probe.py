@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import tiny_cv_overrides
 
 from audio_ssl.evaluation import probe as P
 
@@ -162,11 +163,7 @@ def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, mon
     config = tmp_path / "probe_pipeline.yaml"
     config.write_text(yaml.safe_dump({"pipeline": "pretrain_probe", "pretrain": str(SUPERVISED),
                                       "transductive": True, "probe": {"C": [0.1, 1.0], "max_iter": 200}}))
-    overrides = ["--data.init_args.data_dir", str(esc50_root), "--data.init_args.cache_dir", str(cache_dir),
-                 "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "8",
-                 "--data.init_args.clip_seconds", "1.0", "--trainer.max_epochs", "1",
-                 "--model.init_args.encoder.init_args.widths", "[8, 16, 16, 32]",
-                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    overrides = tiny_cv_overrides(esc50_root, cache_dir)
     import lightning as L
 
     fits = []
