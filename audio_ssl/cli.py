@@ -77,7 +77,7 @@ TOOLS = {
     "make-beats-checkpoint": "audio_ssl.tools.make_beats_checkpoint",
     "cv": "audio_ssl.tools.cv",
     "results": "audio_ssl.tools.results",
-    "probe": "audio_ssl.evaluation.probe",
+    "probe": "audio_ssl.tools.probe",
     "cache": "audio_ssl.tools.cache",
     "serve": "audio_ssl.serve.server",
     "export": "audio_ssl.tools.export",

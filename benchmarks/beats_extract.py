@@ -14,7 +14,6 @@ increase over the resident size before the run (roughly the activations).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -27,7 +26,7 @@ import torch
 from audio_ssl.models.beats import BEATs, BEATsConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import current_rss_mb, peak_rss_mb, sync  # noqa: E402
+from common import current_rss_mb, environment, format_table, peak_rss_mb, sync, write_json  # noqa: E402
 
 
 def bench_one(model: BEATs, device: torch.device, batch: int, samples: int, iters: int, warmup: int,
@@ -92,33 +91,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "params": sum(p.numel() for p in model.parameters()),
         "cfg": cfg.to_dict(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "bf16": args.bf16,
         "clip_seconds": args.clip_seconds,
         "iters": args.iters,
         "warmup": args.warmup,
         "peak_mem": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS (ru_maxrss)",
         "results": rows,
+        "environment": environment(),
     }
 
     print(f"BEATs iter3 ({report['params'] / 1e6:.1f}M params), {args.clip_seconds:g} s clips, "
-          f"{args.device}{' bf16' if args.bf16 else ' fp32'}, {report['torch_threads']} threads, "
+          f"{args.device}{' bf16' if args.bf16 else ' fp32'}, {report['environment']['torch_threads']} threads, "
           f"{args.iters} iters after {args.warmup} warm-up")
-    header = (f"{'batch':>5} {'tokens':>6} {'pipeline clips/s':>16} {'pipeline ms/batch':>17} "
-              f"{'encoder clips/s':>15} {'encoder ms/batch':>16} {'peak MB':>9}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['batch_size']:>5} {r['tokens']:>6} {r['pipeline_clips_per_s']:>16.2f} "
-              f"{r['pipeline_ms_per_batch']:>17.1f} {r['encoder_clips_per_s']:>15.2f} "
-              f"{r['encoder_ms_per_batch']:>16.1f} {r['peak_mem_mb']:>9.0f}")
+    print(format_table([[r["batch_size"], r["tokens"], r["pipeline_clips_per_s"], r["pipeline_ms_per_batch"],
+                         r["encoder_clips_per_s"], r["encoder_ms_per_batch"], r["peak_mem_mb"]] for r in rows],
+                       ["batch", "tokens", "pipeline clips/s", "pipeline ms/batch", "encoder clips/s",
+                        "encoder ms/batch", "peak MB"]))
     print("pipeline = Kaldi fbank + encoder from waveforms; encoder = from precomputed fbanks; peak MB = "
           + report["peak_mem"])
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+    write_json(args.out, report)
     return report
 
 

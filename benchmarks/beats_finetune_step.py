@@ -33,7 +33,7 @@ from audio_ssl.methods.beats import BEATsClassifier
 from audio_ssl.tools.make_beats_checkpoint import make_beats_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import current_rss_mb, peak_rss_mb, sync  # noqa: E402
+from common import current_rss_mb, environment, format_table, peak_rss_mb, sync, write_json  # noqa: E402
 
 
 def bench_one(model: BEATsClassifier, device: torch.device, batch_size: int, samples: int, steps: int,
@@ -132,8 +132,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "bf16": bf16,
         "clip_seconds": args.clip_seconds,
         "steps": steps,
@@ -143,24 +141,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "augmentation": "SpecAugment (24 bins, 64 frames) + mixup (p=0.5) on the fbank",
         "peak_mem": "torch.cuda.max_memory_allocated" if cuda else "process peak RSS (ru_maxrss)",
         "results": rows,
+        "environment": environment(),
     }
     print(f"{report['model']} ({report['checkpoint']}), {report['params'] / 1e6:.1f}M params, {args.clip_seconds:g} s clips, "
-          f"{args.device}{' bf16' if bf16 else ' fp32'}, {report['torch_threads']} threads, "
+          f"{args.device}{' bf16' if bf16 else ' fp32'}, {report['environment']['torch_threads']} threads, "
           f"{steps} steps after {warmup} warm-up")
-    header = (f"{'batch':>5} {'grad ckpt':>9} {'tokens':>6} {'step ms':>9} {'fbank+aug ms':>12} "
-              f"{'fwd+bwd+opt ms':>14} {'clips/s':>8} {'peak MB':>9}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['batch_size']:>5} {'on' if r['gradient_checkpointing'] else 'off':>9} {r['tokens']:>6} "
-              f"{r['step_ms']:>9.1f} {r['fbank_aug_ms']:>12.1f} {r['fwd_bwd_opt_ms']:>14.1f} "
-              f"{r['clips_per_s']:>8.2f} {r['peak_mem_mb']:>9.0f}")
+    print(format_table([[r["batch_size"], "on" if r["gradient_checkpointing"] else "off", r["tokens"], r["step_ms"],
+                         r["fbank_aug_ms"], r["fwd_bwd_opt_ms"], r["clips_per_s"], r["peak_mem_mb"]] for r in rows],
+                       ["batch", "grad ckpt", "tokens", "step ms", "fbank+aug ms", "fwd+bwd+opt ms", "clips/s",
+                        "peak MB"]))
     print("step = batch hook (fbank, SpecAugment, mixup) + forward + loss + backward + AdamW step; "
           "peak MB = " + report["peak_mem"])
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+    write_json(args.out, report)
     print(json.dumps(report["results"]))
     return report
 

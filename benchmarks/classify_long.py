@@ -35,7 +35,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, environment, write_json  # noqa: E402
+from common import REPO_ROOT, environment, format_table, write_json  # noqa: E402
 
 WHOLE_FILE = """
 import sys, torch
@@ -163,11 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
         base, stream = runs["baseline/whole_file"], runs["baseline/stream"]
         summary["baseline_rss_ratio_whole_over_stream"] = base["peak_rss_mb"] / stream["peak_rss_mb"]
         summary["baseline_wall_ratio_whole_over_stream"] = base["wall_s"] / stream["wall_s"]
-    print(f"\n{'run':<22}{'audio h':>9}{'wall s':>9}{'CPU s':>9}{'s/audio h':>11}{'x realtime':>12}"
-          f"{'peak RSS MB':>13}{'above clip':>12}")
-    for name, r in runs.items():
-        print(f"{name:<22}{r['audio_hours']:>9.4g}{r['wall_s']:>9.1f}{r['cpu_s']:>9.1f}{r['s_per_audio_hour']:>11.1f}"
-              f"{r['realtime_factor']:>12.0f}{r['peak_rss_mb']:>13.0f}{r['rss_above_clip_mb']:>12.0f}")
+    print()
+    print(format_table([[name, r["audio_hours"], r["wall_s"], r["cpu_s"], r["s_per_audio_hour"], r["realtime_factor"],
+                         r["peak_rss_mb"], r["rss_above_clip_mb"]] for name, r in runs.items()],
+                       ["run", "audio h", "wall s", "CPU s", "s/audio h", "x realtime", "peak RSS MB", "above clip"]))
     print(f"long recording: {summary['long_rss_above_clip_mb']:.0f} MB above the clip's peak RSS "
           f"(target <= {summary['target_mb']:.0f} MB: {'met' if summary['met'] else 'NOT met'})")
     if "baseline_rss_ratio_whole_over_stream" in summary:

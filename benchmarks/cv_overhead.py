@@ -19,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO_ROOT, environment, format_table, write_json  # noqa: E402
+
 CLI = [sys.executable, "-m", "audio_ssl.cli"]
 
 
@@ -39,30 +41,31 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     folds = [int(f) for f in args.folds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="cv-overhead-"))
-    common = ["--trainer.max_epochs", str(args.epochs), "--trainer.enable_progress_bar", "false", *args.overrides]
+    shared = ["--trainer.max_epochs", str(args.epochs), "--trainer.enable_progress_bar", "false", *args.overrides]
     try:
         single = {}
         for fold in folds:
             out = work / f"single{fold}"
             logger = json.dumps([{"class_path": "lightning.pytorch.loggers.CSVLogger",
                                   "init_args": {"save_dir": str(out), "name": "csv"}}])
-            base = ["--config", args.config, "--data.init_args.test_fold", str(fold), *common,
+            base = ["--config", args.config, "--data.init_args.test_fold", str(fold), *shared,
                     "--checkpoint.dirpath", str(out / "checkpoints"), "--trainer.logger", logger]
             single[fold] = run([*CLI, "fit", *base]) + run(
                 [*CLI, "test", *base, "--ckpt_path", str(out / "checkpoints" / "last.ckpt")])
             print(f"single fold {fold}: {single[fold]:.1f} s", flush=True)
         cv = run([*CLI, "cv", "--config", args.config, "--folds", args.folds, "--name", "overhead",
-                  "--out", str(work / "cv"), "--no-wandb", *common])
+                  "--out", str(work / "cv"), "--no-wandb", *shared])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total_single = sum(single.values())
     result = {"config": args.config, "epochs": args.epochs, "folds": folds, "single_fold_s": single,
-              "sum_single_s": total_single, "cv_s": cv, "ratio_cv_over_single": cv / total_single}
-    print(f"sum of {len(folds)} single-fold runs: {total_single:.1f} s; audio-ssl cv: {cv:.1f} s; "
-          f"ratio {cv / total_single:.3f} (cv includes the error analysis and summary)")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+              "sum_single_s": total_single, "cv_s": cv, "ratio_cv_over_single": cv / total_single,
+              "environment": environment()}
+    print(format_table([*([f"fit + test, fold {f}", s] for f, s in single.items()),
+                        [f"sum of {len(folds)} single-fold runs", total_single], ["audio-ssl cv", cv]],
+                       ["run", "wall s"]))
+    print(f"ratio cv / single {cv / total_single:.3f} (cv includes the error analysis and summary)")
+    write_json(args.out, result)
     return result
 
 

@@ -4,7 +4,7 @@ W&B run (offline ``.wandb`` files under ``fold{k}/wandb``, read record by record
 
     python benchmarks/metrics_agreement.py results/supervised_cpu [--metrics acc f1_macro acc_top5]
 
-Prints one line per fold and metric with the three values, and exits 1 if any two differ by more than 1e-6
+Prints a table, one row per fold and metric with the three values, and exits 1 if any two differ by more than 1e-6
 (W&B and CSV receive the same float; ``folds.csv`` is computed with scikit-learn from the per-clip predictions).
 
 The ``.wandb`` file is W&B's append-only log: a 7-byte header (``:W&B``, magic, version), then 32 KiB blocks of
@@ -20,6 +20,9 @@ import json
 import struct
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, format_table, write_json  # noqa: E402
 
 BLOCK = 32 * 1024
 FILE_HEADER = 7
@@ -86,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--metrics", nargs="+", default=["acc", "f1_macro", "acc_top5"])
     parser.add_argument("--tolerance", type=float, default=1e-6)
-    parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
+    parser.add_argument("--out", type=Path, default=None, help="also write the report (the printed text) to this file")
+    parser.add_argument("--json", type=Path, default=None, help="also write the values as JSON to this file")
     args = parser.parse_args(argv)
-    lines: list[str] = []
+    table: list[list] = []
     rows = list(csv.DictReader(open(args.run_dir / "folds.csv")))
     worst, bad = 0.0, []
     for row in rows:
@@ -102,11 +106,15 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(worst, spread)
             if missing or spread > args.tolerance:
                 bad.append((row["fold"], metric, values))
-            lines.append(f"fold {row['fold']} {metric:9s} " + "  ".join(
-                f"{k} {'missing' if v is None else f'{v:.6f}'}" for k, v in values.items()))
-    lines.append(f"{len(rows)} folds x {len(args.metrics)} metrics: largest difference {worst:.2e}; "
-                 f"{'all agree' if not bad else f'{len(bad)} disagree'}")
+            table.append([row["fold"], metric, *("missing" if v is None else f"{v:.6f}" for v in values.values()),
+                          "missing" if missing else f"{spread:.1e}"])
+    verdict = (f"{len(rows)} folds x {len(args.metrics)} metrics: largest difference {worst:.2e}; "
+               f"{'all agree' if not bad else f'{len(bad)} disagree'}")
+    lines = [format_table(table, ["fold", "metric", "folds.csv", "csv log", "W&B", "difference"]), verdict]
     print("\n".join(lines))
+    write_json(args.json, {"run_dir": str(args.run_dir), "tolerance": args.tolerance, "largest_difference": worst,
+                           "rows": [dict(zip(["fold", "metric", "folds.csv", "csv log", "W&B", "difference"], r))
+                                    for r in table], "agree": not bad, "environment": environment()})
     if args.out is not None:
         from audio_ssl.utils.io import atomic_write
 

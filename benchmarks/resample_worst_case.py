@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import multiprocessing as mp
 import os
 import resource
@@ -154,21 +153,21 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
         status = _line(row) if row["ok"] else f"{orig} -> {target} Hz: FAILED ({row['error']})"
         print(f"{method:>3}  {status}", flush=True)
+    # Imported only now: the shared helpers import torch, which would sit in every forked child's RSS above.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import environment, format_table, write_json
+
     summary = {m: worst(rows, m) for m in ("old", "new")}
     print(f"\nworst cases over {len(pairs)} rate pairs from {min(rates)} Hz to {max(rates)} Hz, "
           f"{args.seconds} s of mono float32 input:")
-    for method in ("old", "new"):
-        s = summary[method]
-        if not s["pairs"]:
-            continue
-        print(f"  {method}: slowest {_line(s['slowest'])}; most memory {_line(s['most_memory'])}; "
-              f"{len(s['failed'])} of {s['pairs']} pair(s) failed"
-              + (f" (e.g. {s['failed'][0]['orig']} -> {s['failed'][0]['target']} Hz: {s['failed'][0]['error']})"
-                 if s["failed"] else ""))
-    result = {"seconds_of_input": args.seconds, "rates": rates, "rows": rows, "summary": summary}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    print(format_table([[method, _line(s["slowest"]), _line(s["most_memory"]), f"{len(s['failed'])} of {s['pairs']}",
+                         (f"{s['failed'][0]['orig']} -> {s['failed'][0]['target']} Hz: {s['failed'][0]['error']}"
+                          if s["failed"] else None)]
+                        for method, s in summary.items() if s["pairs"]],
+                       ["path", "slowest", "most memory", "failed", "e.g."]))
+    result = {"seconds_of_input": args.seconds, "rates": rates, "rows": rows, "summary": summary,
+              "environment": environment()}
+    write_json(args.out, result)
     return result
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import socket
 import subprocess
@@ -40,6 +39,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, format_table, write_json  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,14 +267,13 @@ def check(result: dict) -> list[str]:
 
 
 def table(results: list[dict]) -> str:
+    """The scenarios as a plain-text table (:func:`common.format_table`)."""
     head = ("scenario", "max_batch", "clients", "ok", "errors", "req/s", "p50 ms", "p99 ms", "mean batch",
             "RSS idle MB", "RSS peak MB")
-    rows = [head] + [(r["scenario"], r["max_batch"], r["clients"], r["ok"],
-                      ", ".join(f"{k}: {v}" for k, v in r["statuses"].items() if k != "200") or "0",
-                      r["requests_per_s"], r["p50_ms"], r["p99_ms"], r["mean_batch"], r["rss_idle_mb"],
-                      r["rss_peak_mb"]) for r in results]
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    return "\n".join("  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in rows)
+    return format_table([(r["scenario"], r["max_batch"], r["clients"], r["ok"],
+                          ", ".join(f"{k}: {v}" for k, v in r["statuses"].items() if k != "200") or "0",
+                          r["requests_per_s"], r["p50_ms"], r["p99_ms"], r["mean_batch"], r["rss_idle_mb"],
+                          r["rss_peak_mb"]) for r in results], head)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,9 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = [p for r in results for p in check(r)]
     for problem in problems:
         print("FAILED:", problem)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"results": results, "problems": problems}, indent=2) + "\n")
+    write_json(args.out, {"results": results, "problems": problems, "environment": environment()})
     return 1 if problems else 0
 
 

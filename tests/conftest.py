@@ -49,6 +49,16 @@ def us8k_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, esc50_root, cache_dir):
+    """``(config, last.ckpt)`` of a tiny SupervisedClassifier (ResNet, TTA with 2 views) fitted for two steps on
+    ``esc50_root`` (``helpers.train_tiny_classifier``): one real, self-describing checkpoint for the classify and
+    serve tests."""
+    from helpers import train_tiny_classifier
+
+    return train_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"), esc50_root, cache_dir, "resnet")
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tests use tiny tensors that gain nothing from intra-op threads, and on a shared 2-core machine the

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,8 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
+from helpers import exit_code_and_output
 
-from audio_ssl.cli import build_cli
 from audio_ssl.cli import main as cli_main
 from audio_ssl.data import stream as stream_module
 from audio_ssl.data.audio import decode_audio
@@ -38,49 +37,9 @@ NUM_CLASSES = 5  # the esc50_root fixture
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, esc50_root, cache_dir):
+def trained(tiny_classifier):
     """(config, checkpoint) of a tiny SupervisedClassifier (TTA with 2 views) fitted for two steps."""
-    root = tmp_path_factory.mktemp("classify-model")
-    config = root / "tiny.yaml"
-    config.write_text(textwrap.dedent(f"""\
-        seed_everything: 0
-        trainer:
-          max_epochs: 1
-          limit_train_batches: 2
-          limit_val_batches: 0
-          accelerator: cpu
-          devices: 1
-          logger: false
-          enable_progress_bar: false
-        checkpoint:
-          dirpath: {root / "checkpoints"}
-          monitor: null
-        model:
-          class_path: audio_ssl.methods.SupervisedClassifier
-          init_args:
-            encoder:
-              class_path: audio_ssl.models.AudioResNet
-              init_args: {{layers: [1, 1], widths: [4, 8]}}
-            frontend:
-              class_path: audio_ssl.features.LogMelSpectrogram
-              init_args: {{n_fft: 512, hop_length: 256, n_mels: 32, normalize: instance}}
-            tta_views: 2
-            optimizer: adamw
-            scheduler: constant
-            lr: 0.01
-        data:
-          class_path: audio_ssl.data.ESC50DataModule
-          init_args:
-            data_dir: {esc50_root}
-            cache_dir: {cache_dir}
-            clip_seconds: 1.0
-            batch_size: 8
-            num_workers: 0
-        """))
-    build_cli(["fit", "--config", str(config)])
-    checkpoint = root / "checkpoints" / "last.ckpt"
-    assert checkpoint.exists()
-    return config, checkpoint
+    return tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +70,7 @@ def whole_decode(path: Path) -> np.ndarray:
 
 
 def run_classify(args: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return exit_code_and_output(main, args, capsys)
 
 
 def probs_from_row(row: dict) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import exit_code_and_output
 
 from audio_ssl.cli import _without_wandb_if_missing, build_cli, main
 from audio_ssl.data import ESC50DataModule
@@ -44,13 +45,7 @@ def finish_wandb():
 
 
 def run_main(argv, capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return exit_code_and_output(main, argv, capsys)
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +213,7 @@ def test_wandb_logger_dropped_with_a_warning_when_wandb_is_missing(monkeypatch):
 def test_importing_the_cli_does_not_import_wandb():
     import subprocess
 
-    code = "import sys, audio_ssl.cli, audio_ssl.tools.classify, audio_ssl.evaluation.probe; print('wandb' in sys.modules)"
+    code = "import sys, audio_ssl.cli, audio_ssl.tools.classify, audio_ssl.tools.probe; print('wandb' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -1,6 +1,7 @@
 """The Lightning pipelines of ``audio-ssl cv``: ``lightning`` (a plain Lightning YAML: fit on the training folds,
-test the final weights on the held-out fold) and the pretrain-then-evaluate ``pretrain_probe`` and
-``pretrain_finetune``. Each is a fold task (:mod:`audio_ssl.evaluation.fold`) built from Lightning stages
+test the final weights on the held-out fold), the pretrain-then-evaluate ``pretrain_probe`` and
+``pretrain_finetune``, and ``frozen_probe`` (a model whose weights come from outside, probed without training).
+Each is a fold task (:mod:`audio_ssl.evaluation.fold`) built from Lightning stages
 (:mod:`audio_ssl.evaluation.lightning_stage`).
 
 Pipeline config format
@@ -21,6 +22,16 @@ A pipeline config is a YAML with a top-level ``pipeline:`` key; paths are relati
                                         #   (its encoder must match the pretrained one); a list stacks, as above
     finetune_overrides: []              # optional, extra CLI args for both fine-tuning runs
 
+    pipeline: frozen_probe
+    model: efficientnet_b0_finetune.yaml   # a Lightning YAML whose model holds pretrained weights once built
+                                           #   (or names them in init_encoder_from); its embed() is probed
+    model_overrides: []                    # optional, extra CLI args for instantiating the model
+    random_init_overrides: ["--model.init_args.encoder", "{\"init_args\": {\"pretrained\": null}}"]
+                                           # REQUIRED: CLI args that build the same architecture untrained
+    probe: ../linear_probe.yaml            # probe settings, as pretrain_probe's
+    max_clips: null                        # optional: at most this many clips per fold (class-balanced), a
+                                           #   pipeline check recorded in the results
+
 ``audio-ssl cv --config PIPELINE.yaml`` runs, for each held-out fold ``k`` (folder ``fold{k}/``):
 
 - ``pretrain/``: the pretraining YAML fitted with ``test_fold=k`` (its training set: the other folds); weights in
@@ -30,9 +41,16 @@ A pipeline config is a YAML with a top-level ``pipeline:`` key; paths are relati
   instantiated with the config's ``seed_everything``, before any training) is kept as the random baseline.
 - ``pretrain_probe``: embeddings of the training folds (the data module's ``train`` split: every fold but ``k``
   and ``val_fold``) and of fold ``k`` from ``module.embed`` (centre crops,
-  no augmentation, inference mode, cached in ``embeddings/``), then a logistic-regression probe trained on
-  the training folds and tested on fold ``k``, for the pretrained and the untrained encoder. Variants
-  ``pretrained`` and ``random_init``.
+  no augmentation, inference mode, cached per fold in ``<run>/embeddings/`` by
+  :mod:`audio_ssl.evaluation.embeddings`, so weights shared by several held-out folds, such as the seeded
+  untrained model's, embed each clip once), then a logistic-regression probe trained on the training folds and
+  tested on fold ``k``, for the pretrained and the untrained encoder. Variants ``pretrained`` and ``random_init``.
+- ``frozen_probe``: no training. The ``model`` YAML is instantiated with ``test_fold=k`` (its data module gives
+  the folds), and again with ``random_init_overrides`` (the control: the same architecture untrained; the same
+  seeded weights for every fold). Both are probed as in ``pretrain_probe`` (:func:`probe_frozen`), with one
+  embedding cache for the run, so each fold's clips go through each model once over all held-out folds.
+  The results name where the weights came from. The BEATs probe (``pipeline: beats_probe``) is this pipeline
+  on a ``BEATsClassifier`` (:mod:`audio_ssl.evaluation.beats_probe`).
 - ``pretrain_finetune``: the ``finetune`` YAML fitted on the training folds and tested on fold ``k`` (final
   weights) twice: from the pretrained encoder (``--model.init_args.init_encoder_from pretrain/final.ckpt``,
   folder ``finetune_pretrained/``) and from random init (``finetune_random_init/``). Variants ``pretrained``
@@ -48,9 +66,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+from audio_ssl.evaluation.embeddings import EmbeddingCache, resolve_device
 from audio_ssl.evaluation.fold import TRANSDUCTIVE_NOTE, DatasetDescription, FoldContext, FoldOutput
 from audio_ssl.evaluation.lightning_stage import (
     FINAL_WEIGHTS,
@@ -60,7 +84,7 @@ from audio_ssl.evaluation.lightning_stage import (
     lightning_args,
     resolved_config_text,
 )
-from audio_ssl.evaluation.probe import fold_groups, load_probe_config, probe_fold, resolve_device
+from audio_ssl.evaluation.probe import ProbeConfig, fold_groups, load_probe_config, probe_fold
 from audio_ssl.evaluation.registry import DEFAULT_VARIANT, register_pipeline
 from audio_ssl.evaluation.run_config import stage_configs
 from audio_ssl.evaluation.tracking import finish_wandb
@@ -69,6 +93,7 @@ PIPELINE_KEYS = {
     "pretrain_probe": {"pipeline", "pretrain", "pretrain_overrides", "transductive", "probe", "size"},
     "pretrain_finetune": {"pipeline", "pretrain", "pretrain_overrides", "transductive", "finetune",
                           "finetune_overrides", "size"},
+    "frozen_probe": {"pipeline", "model", "model_overrides", "random_init_overrides", "probe", "max_clips"},
 }
 RANDOM_METHOD = "none (random init)"
 
@@ -87,10 +112,13 @@ def check_pipeline_config(config: dict, pipeline: str, source: str = "<config>")
     if unknown:
         raise ValueError(f"{source}: unknown key(s) {unknown} for pipeline {pipeline}; "
                          f"allowed: {sorted(PIPELINE_KEYS[pipeline])}")
-    for key in ("pretrain_overrides", "finetune_overrides"):
+    for key in ("pretrain_overrides", "finetune_overrides", "model_overrides", "random_init_overrides"):
         value = config.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
             raise ValueError(f"{source}: '{key}' must be a list of command-line arguments, got {value!r}")
+    max_clips = config.get("max_clips")
+    if max_clips is not None and (isinstance(max_clips, bool) or not isinstance(max_clips, int) or max_clips < 1):
+        raise ValueError(f"{source}: 'max_clips' must be a positive integer or null, got {max_clips!r}")
     if not isinstance(config.get("transductive", False), bool):
         raise ValueError(f"{source}: 'transductive' must be true or false, got {config['transductive']!r}")
 
@@ -136,7 +164,7 @@ def pretrain_stage(context: FoldContext) -> Pretrained:
 @register_pipeline("pretrain_probe")
 def pretrain_probe(context: FoldContext) -> dict[str, FoldOutput]:
     """Pretrain, then a linear probe on frozen embeddings of the pretrained and of the untrained encoder."""
-    config, fold = context.config, context.fold
+    config = context.config
     check_pipeline_config(config, "pretrain_probe", context.source)
     probe_config = load_probe_config(config.get("probe"), context.config_dir)
     pre = pretrain_stage(context)
@@ -146,9 +174,12 @@ def pretrain_probe(context: FoldContext) -> dict[str, FoldOutput]:
     dataset = DatasetDescription.of(dm)
     method = type(pre.cli.model).__name__
     outputs = {}
+    # One cache folder for the run: the untrained model (seeded: the same weights for every fold) and
+    # transductive pretraining (one model for every fold) embed each fold once over all held-out folds.
+    cache_dir = context.work_dir.parent / "embeddings"
     for variant, module in (("pretrained", pre.cli.model), ("random_init", pre.untrained)):
         output = probe_fold(module, train_set, test_set, dm.num_classes, dm.class_names, probe_config, groups,
-                            context.work_dir / "embeddings", tag=f"{variant}-fold{fold}")
+                            cache_dir, tag=variant)
         pretrained = variant == "pretrained"
         output.description = dataclasses.replace(
             output.description,
@@ -200,3 +231,157 @@ def pretrain_finetune(context: FoldContext) -> dict[str, FoldOutput]:
         outputs[variant] = output
         finish_wandb()
     return outputs
+
+
+# ---------------------------------------------------------------------------------------------- frozen_probe
+def limit_clips(labels: np.ndarray, groups: np.ndarray, max_clips: int | None = None,
+                clips_per_class: int | None = None) -> np.ndarray:
+    """Row indices (sorted) that keep, within each group (fold), the first ``clips_per_class`` clips of each class
+    and then at most ``max_clips`` clips, class-balanced (the first clip of every class, then the second, ...).
+    ``None`` for both keeps every row."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    keep = []
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        rank = np.zeros(len(rows), dtype=np.int64)
+        seen: dict[int, int] = {}
+        for i, label in enumerate(labels[rows].tolist()):
+            rank[i] = seen.get(label, 0)
+            seen[label] = rank[i] + 1
+        if clips_per_class is not None:
+            rows, rank = rows[rank < clips_per_class], rank[rank < clips_per_class]
+        if max_clips is not None:
+            rows = rows[np.lexsort((rows, rank))[:max_clips]]
+        keep.append(np.sort(rows))
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def probe_frozen(models: dict[str, torch.nn.Module], datamodule, folds: Sequence[int], probe: ProbeConfig,
+                 cache_dir: Path | None, *, method: str, pretraining_data: str, max_clips: int | None = None,
+                 clips_per_class: int | None = None, bf16: bool = False, configs: dict[str, str] | None = None,
+                 details: dict | None = None) -> dict[int, dict[str, FoldOutput]]:
+    """The frozen-encoder probe: for each held-out fold ``k`` of ``folds`` and each model of ``models``
+    (``{"pretrained": m, "random_init": control}``), the linear probe (:func:`~audio_ssl.evaluation.probe.probe_fold`)
+    of ``m.embed`` trained on the data module's ``train`` split for ``k`` and tested on fold ``k``.
+
+    One :class:`~audio_ssl.evaluation.embeddings.EmbeddingCache` per model, in ``cache_dir`` (``None``: memory
+    only), so every fold's clips go through each model once over all of ``folds``. ``max_clips`` /
+    ``clips_per_class`` keep part of every fold (:func:`limit_clips`; a pipeline check, recorded in ``details``).
+    Models are never trained or changed. ``method`` and ``pretraining_data`` describe the pretrained variant; the
+    other variants are ``none (random init)``.
+
+    Raises ``ValueError`` when two models have the same weights (a control that is not a control).
+    """
+    caches = {variant: EmbeddingCache(module, cache_dir if probe.cache_embeddings else None, variant,
+                                      probe.embed_batch_size, probe.device, probe.num_workers, bf16)
+              for variant, module in models.items()}
+    hashes = {}
+    for variant, cache in caches.items():
+        if cache.weights in hashes:
+            raise ValueError(f"the {variant} and {hashes[cache.weights]} models have the same weights "
+                             f"(state hash {cache.weights}): the control must be untrained (check "
+                             "random_init_overrides) and the pretrained model must hold its weights once built")
+        hashes[cache.weights] = variant
+    dataset = DatasetDescription.of(datamodule)
+    limits = {"max_clips": max_clips, "clips_per_class": clips_per_class}
+    results: dict[int, dict[str, FoldOutput]] = {}
+    for fold in folds:
+        train_set = datamodule.split_dataset("train", test_fold=fold)
+        test_set = datamodule.split_dataset("test", test_fold=fold)
+        groups = fold_groups(datamodule, train_set)
+        train_rows = limit_clips(train_set.labels, groups, max_clips, clips_per_class)
+        test_rows = limit_clips(test_set.labels, np.zeros(len(test_set)), max_clips, clips_per_class)
+        if len(train_rows) < len(train_set):
+            train_set, groups = Subset(train_set, train_rows.tolist()), groups[train_rows]
+        if len(test_rows) < len(test_set):
+            test_set = Subset(test_set, test_rows.tolist())
+        outputs = {}
+        for variant, module in models.items():
+            output = probe_fold(module, train_set, test_set, datamodule.num_classes, datamodule.class_names, probe,
+                                groups, cache=caches[variant])
+            pretrained = variant == "pretrained"
+            output.description = dataclasses.replace(
+                output.description,
+                method=method if pretrained else RANDOM_METHOD,
+                encoder=describe_encoder(module),
+                pretraining_data=pretraining_data if pretrained else "none",
+                transductive=False,
+                protocol="linear probe (frozen encoder)" + ("" if max_clips is None and clips_per_class is None
+                                                            else " on part of every fold (pipeline check)"),
+                epochs=0,
+                device=str(resolve_device(probe.device)),
+                dataset=dataset,
+                configs=dict(configs or {}),
+                details={**output.description.details, **(details or {}), **limits,
+                         "train_folds": sorted({int(g) for g in groups}), "bf16": bf16},
+            )
+            outputs[variant] = output
+        results[fold] = outputs
+    return results
+
+
+def weights_source(model_config: dict) -> str:
+    """Where a model's weights come from, from its resolved config: every non-empty ``checkpoint``,
+    ``pretrained``, ``init_encoder_from``, ``weights``, ``model_name`` or ``hub_id`` entry, by its config path."""
+    keys = {"checkpoint", "pretrained", "init_encoder_from", "weights", "model_name", "hub_id"}
+    found = []
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = f"{path}.{key}" if path else str(key)
+                if key in keys and value not in (None, "", False) and not isinstance(value, (dict, list)):
+                    found.append(f"{where}={value}")
+                else:
+                    walk(value, where)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(model_config, "model")
+    return "weights from outside: " + ("; ".join(found) if found else "as the model builds itself (no checkpoint "
+                                                                         "or pretrained entry in its config)")
+
+
+def build_frozen_model(context: FoldContext, model_path: Path, stage_args: Sequence[str]):
+    """The Lightning CLI (``run=False``) of the ``model`` YAML for the held-out fold, no logger; a model whose
+    config names ``init_encoder_from`` gets those encoder weights now (Lightning would load them at ``fit``)."""
+    import warnings
+
+    from audio_ssl.cli import build_cli
+
+    args = ["--config", str(model_path), "--data.init_args.test_fold", str(context.fold),
+            "--trainer.logger", "false", "--trainer.default_root_dir", str(context.work_dir),
+            *map(str, stage_args), *context.overrides]
+    with warnings.catch_warnings():  # `audio-ssl cv ...` has its own argv; the CLI gets `args` on purpose
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = build_cli(args, run=False)
+    if getattr(cli.model, "init_encoder_from", None):
+        cli.model.load_encoder_weights(cli.model.init_encoder_from)
+    return cli
+
+
+@register_pipeline("frozen_probe")
+def frozen_probe(context: FoldContext) -> dict[str, FoldOutput]:
+    """Probe a model whose weights come from outside, untrained, against the same architecture untrained."""
+    config = context.config
+    check_pipeline_config(config, "frozen_probe", context.source)
+    if "random_init_overrides" not in config or not config["random_init_overrides"]:
+        raise ValueError(f"{context.source}: a frozen_probe config needs 'random_init_overrides': the CLI arguments "
+                         "that build the same architecture untrained (the control), e.g. "
+                         '["--model.init_args.encoder", "{\\"init_args\\": {\\"pretrained\\": null}}"]')
+    probe_config = load_probe_config(config.get("probe"), context.config_dir)
+    model_path = context.resolve_path("model")
+    own = [str(a) for a in config.get("model_overrides", [])]
+    cli = build_frozen_model(context, model_path, own)
+    control = build_frozen_model(context, model_path, own + [str(a) for a in config["random_init_overrides"]])
+    model_config = cli.config.get("model")
+    model_config = model_config.as_dict() if hasattr(model_config, "as_dict") else dict(model_config or {})
+    result = probe_frozen(
+        {"pretrained": cli.model, "random_init": control.model}, cli.datamodule, [context.fold], probe_config,
+        context.work_dir.parent / "embeddings", method=type(cli.model).__name__,
+        pretraining_data=weights_source(model_config), max_clips=config.get("max_clips"),
+        configs={"model": resolved_config_text(cli), "random_init": resolved_config_text(control)},
+        details={"random_init_overrides": [str(a) for a in config["random_init_overrides"]],
+                 "random_init_seed": control.config.get("seed_everything")})
+    return result[context.fold]

@@ -1,9 +1,8 @@
 """Linear probe on frozen embeddings: the standard test of a pretrained encoder.
 
-1. :func:`extract_embeddings` runs ``module.embed(audio)`` once over a dataset with deterministic (centre)
-   crops, no augmentation, the module in eval mode and ``torch.inference_mode`` (so nothing in the encoder,
-   BatchNorm statistics included, can change), on the GPU when there is one. :func:`cached_embeddings` keeps
-   the result in an ``.npz`` keyed by a hash of the module's weights and of the clips.
+1. Embeddings: ``module.embed(audio)`` over each fold's clips with deterministic (centre) crops, no
+   augmentation, eval mode and ``torch.inference_mode``, cached per fold by :mod:`audio_ssl.evaluation.embeddings`
+   (keyed by the weights' hash and the clip list, so a k-fold run embeds every clip once per set of weights).
 2. :class:`LinearProbe` standardises the embeddings with training statistics and fits multinomial logistic
    regression, by default with full-batch L-BFGS in torch (float64), minimising
    ``mean cross-entropy + ||W||^2 / (2 C N)``, which is scikit-learn's ``LogisticRegression(C)`` objective
@@ -11,19 +10,15 @@
    With a list of ``C`` values, :func:`select_C` picks one by leave-one-fold-out over the *training* folds
    (the test fold is never looked at), then the probe is refitted on all training folds.
 
-Standalone: ``audio-ssl probe --checkpoint CKPT [--test-fold K] [--data-dir DIR]`` (``--config PRETRAIN_YAML`` only
-for checkpoints that do not describe their model and data).
+:func:`probe_fold` does both for one held-out fold; :func:`probe_embeddings` is step 2 alone. The command line
+(``audio-ssl probe --checkpoint CKPT``) is :mod:`audio_ssl.tools.probe`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,11 +28,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from torch.utils.data import DataLoader
 
+from audio_ssl.evaluation.embeddings import EmbeddingCache, extract_embeddings, resolve_device, state_hash
 from audio_ssl.evaluation.fold import FoldOutput, ResultDescription, classification_metrics, predictions_frame
 from audio_ssl.utils.distributed import broadcast_from_rank_zero, rank, world_size
-from audio_ssl.utils.io import atomic_write
+
+__all__ = [
+    "LinearProbe",
+    "ProbeConfig",
+    "extract_embeddings",
+    "fit_logistic_regression",
+    "fold_groups",
+    "load_probe_config",
+    "probe_embeddings",
+    "probe_fold",
+    "resolve_device",
+    "select_C",
+    "state_hash",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,76 +126,7 @@ def torch_threads(num_threads: int | None):
         torch.set_num_threads(previous)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-# ---------------------------------------------------------------------------------------------- embeddings
-def state_hash(module: torch.nn.Module) -> str:
-    """Hash of every tensor in the module's state dict (names, dtypes, shapes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.flatten().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-@torch.inference_mode()
-def extract_embeddings(module: torch.nn.Module, dataset, batch_size: int = 64, device: str | torch.device = "auto",
-                       num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(embeddings [N, D] float32, labels [N])`` from ``module.embed`` over ``dataset`` in order.
-
-    The module is put in eval mode on ``device`` for the pass and returned to its previous mode and device.
-    """
-    if getattr(dataset, "random_crop", False):
-        raise ValueError("extract_embeddings needs deterministic crops: build the dataset with random_crop=False")
-    device = resolve_device(device) if isinstance(device, str) else device
-    params = list(module.parameters())
-    home = params[0].device if params else torch.device("cpu")
-    was_training = module.training
-    module.eval().to(device)
-    try:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        chunks, labels = [], []
-        for batch in loader:
-            chunks.append(module.embed(batch["audio"].to(device).float()).float().cpu())
-            labels.append(batch["label"])
-    finally:
-        module.train(was_training).to(home)
-    embeddings = torch.cat(chunks).numpy()
-    if embeddings.ndim != 2:
-        raise ValueError(f"{type(module).__name__}.embed returned shape {tuple(embeddings.shape)}, expected [B, D]")
-    return embeddings, torch.cat(labels).numpy()
-
-
-def _clips_key(dataset) -> str:
-    digest = hashlib.sha256(f"{dataset.clip_samples}|".encode())
-    for f in dataset.files:
-        digest.update(f"{f}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def cached_embeddings(module: torch.nn.Module, datasets: dict, cache_dir: Path | None, tag: str,
-                      config: ProbeConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Embeddings of each named dataset, read from / written to ``cache_dir/{tag}-{key}.npz`` where ``key``
-    hashes the module's weights and every dataset's clips and crop length."""
-    key = hashlib.sha256((state_hash(module) + "".join(f"{n}:{_clips_key(d)}" for n, d in sorted(datasets.items()))
-                          ).encode()).hexdigest()[:16]
-    path = cache_dir / f"{tag}-{key}.npz" if cache_dir is not None and config.cache_embeddings else None
-    if path is not None and path.exists():
-        with np.load(path) as data:
-            log.info("embeddings read from %s", path)
-            return {n: (data[f"{n}_x"], data[f"{n}_y"]) for n in datasets}
-    result = {n: extract_embeddings(module, d, config.embed_batch_size, config.device, config.num_workers)
-              for n, d in datasets.items()}
-    if path is not None:
-        arrays = {f"{n}_{part}": arr for n, (x, y) in result.items() for part, arr in (("x", x), ("y", y))}
-        with atomic_write(path) as fh:
-            np.savez(fh, **arrays)
-    return result
+# embeddings: audio_ssl.evaluation.embeddings (state_hash, extract_embeddings, EmbeddingCache)
 
 
 # ---------------------------------------------------------------------------------------------- the classifier
@@ -294,9 +233,15 @@ def select_C(x: np.ndarray, y: np.ndarray, groups: np.ndarray, Cs: Sequence[floa
 
 def probe_fold(module: torch.nn.Module, train_set, test_set, num_classes: int, class_names: Sequence[str],
                config: ProbeConfig, train_groups: np.ndarray | None = None, cache_dir: Path | None = None,
-               tag: str = "embeddings") -> FoldOutput:
+               tag: str = "embeddings", cache: EmbeddingCache | None = None) -> FoldOutput:
     """Linear probe of ``module.embed`` trained on ``train_set`` and tested on ``test_set`` (both with
     ``random_crop=False``). The module is only run forward in inference mode; it is never updated.
+
+    Embeddings come from ``cache`` (an :class:`~audio_ssl.evaluation.embeddings.EmbeddingCache` of ``module``,
+    kept across held-out folds by the caller), else from a new one writing ``cache_dir/{tag}-*.npz`` (with
+    ``config.cache_embeddings``; ``None``: in memory only). The training set is cached per ``train_groups``
+    value (its clips' folds: :func:`fold_groups`), the test set as one fold, so every fold is one file shared
+    by all held-out folds.
 
     Under DDP (a CV pipeline after distributed pretraining, where every rank calls this) rank 0 runs the
     probe alone, on the whole fold, reading and writing the embedding cache, and every rank returns its
@@ -305,29 +250,52 @@ def probe_fold(module: torch.nn.Module, train_set, test_set, num_classes: int, c
         output = None
         if rank() == 0:
             output = _probe_fold(module, train_set, test_set, num_classes, class_names, config, train_groups,
-                                 cache_dir, tag)
+                                 cache_dir, tag, cache)
         return broadcast_from_rank_zero(output)
-    return _probe_fold(module, train_set, test_set, num_classes, class_names, config, train_groups, cache_dir, tag)
+    return _probe_fold(module, train_set, test_set, num_classes, class_names, config, train_groups, cache_dir, tag,
+                       cache)
 
 
 def _probe_fold(module: torch.nn.Module, train_set, test_set, num_classes: int, class_names: Sequence[str],
                 config: ProbeConfig, train_groups: np.ndarray | None, cache_dir: Path | None,
-                tag: str) -> FoldOutput:
-    start = time.perf_counter()
-    embedded = cached_embeddings(module, {"train": train_set, "test": test_set}, cache_dir, tag, config)
-    (x_train, y_train), (x_test, y_test) = embedded["train"], embedded["test"]
-    embed_time = time.perf_counter() - start
+                tag: str, cache: EmbeddingCache | None) -> FoldOutput:
+    if cache is None:
+        cache = EmbeddingCache(module, cache_dir if config.cache_embeddings else None, tag, config.embed_batch_size,
+                               config.device, config.num_workers)
+    elif cache.module is not module:
+        raise ValueError(f"probe_fold: the embedding cache {cache.name!r} belongs to another module")
+    x_train, y_train, train_parts = cache.grouped(train_set, train_groups)
+    test = cache.features(test_set)
+    parts = [*train_parts, test]
     groups = train_groups if train_groups is not None else np.zeros(len(y_train))
-    best_c, scores = select_C(x_train, y_train, np.asarray(groups), config.Cs, num_classes, config)
+    output = probe_embeddings(x_train, y_train, groups, test.features, test.labels, test.files, num_classes,
+                              class_names, config)
+    embed_time = sum(p.seconds for p in parts)
+    output.description.details.update(
+        embed_time_s=embed_time, clips_embedded=sum(len(p.labels) for p in parts if p.computed),
+        feature_files=[str(p.path) for p in parts if p.path is not None], weights_hash=cache.weights)
+    output.description.wall_time_s += embed_time
+    return output
+
+
+def probe_embeddings(x_train: np.ndarray, y_train: np.ndarray, train_groups: np.ndarray, x_test: np.ndarray,
+                     y_test: np.ndarray, test_files: Sequence[str], num_classes: int, class_names: Sequence[str],
+                     config: ProbeConfig) -> FoldOutput:
+    """The probe on embeddings: ``C`` chosen by leave-one-group-out over ``train_groups`` [N_train] when
+    ``config.C`` is a list (:func:`select_C`), the probe refitted on all of ``x_train`` [N_train, D] and tested on
+    ``x_test`` [N_test, D]. Returns metrics, per-clip predictions and a description whose ``details`` hold the
+    chosen ``C``, the scores, the embedding size, the clip counts and the fit time."""
+    start = time.perf_counter()
+    best_c, scores = select_C(x_train, y_train, np.asarray(train_groups), config.Cs, num_classes, config)
     probe = LinearProbe.from_config(config, best_c)
     probs = probe.fit(x_train, y_train, num_classes).predict_proba(x_test)
-    frame = predictions_frame(test_set.files, y_test, probs, class_names)
-    probe_time = time.perf_counter() - start - embed_time
+    frame = predictions_frame(list(test_files), y_test, probs, class_names)
+    probe_time = time.perf_counter() - start
     details = {"probe_C": best_c, "probe_C_scores": scores, "embedding_dim": int(x_train.shape[1]),
-               "probe_train_clips": len(y_train), "embed_time_s": embed_time, "probe_time_s": probe_time,
+               "probe_train_clips": len(y_train), "test_clips": len(y_test), "probe_time_s": probe_time,
                "probe_settings": dataclasses.asdict(config)}
-    description = ResultDescription(protocol="linear probe (frozen encoder)", epochs=0,
-                                    wall_time_s=embed_time + probe_time, details=details)
+    description = ResultDescription(protocol="linear probe (frozen encoder)", epochs=0, wall_time_s=probe_time,
+                                    details=details)
     return FoldOutput(classification_metrics(y_test, probs), frame, description)
 
 
@@ -335,143 +303,3 @@ def fold_groups(datamodule, dataset) -> np.ndarray:
     """The fold number of every clip of a dataset built by ``datamodule.split``."""
     folds = datamodule._metadata().set_index("path")["fold"]
     return folds.loc[list(dataset.files)].to_numpy()
-
-
-# ---------------------------------------------------------------------------------------------- standalone command
-def saw_test_fold(data_meta: dict, test_fold: int) -> str | None:
-    """Why a checkpoint's training data included ``test_fold`` (transductive, or the fold in its train folds),
-    ``None`` if it did not, from the checkpoint's ``audio_ssl.data`` description."""
-    if data_meta.get("transductive"):
-        return "it was trained transductively (every fold's audio)"
-    if test_fold in (data_meta.get("train_folds") or []):
-        return f"its train folds {data_meta['train_folds']} include fold {test_fold}"
-    return None
-
-
-def _model_and_data_from_checkpoint(path: Path, meta: dict, test_fold: int, data_dir: str | None,
-                                    cache_dir: str | None):
-    """The model and data module described by a checkpoint (no YAML): the resolved model config, the dataset
-    class, sample rate and clip length it was trained with; the data from ``data_dir``, else the recorded folder,
-    else the default location (``$AUDIO_SSL_DATA/<dataset>``)."""
-    from jsonargparse import ArgumentParser
-
-    from audio_ssl.data.base import FoldAudioDataModule
-    from audio_ssl.methods.base import BaseMethod
-
-    data_meta = meta.get("data") or {}
-    if not meta.get("model_config") or not data_meta.get("class_path"):
-        raise ValueError(f"{path}: this checkpoint does not describe its model and data (saved before audio-ssl "
-                         "stored them, or outside the audio-ssl CLI): pass --config PRETRAIN.yaml")
-    recorded = data_meta.get("data_dir")
-    if data_dir is None and recorded and Path(recorded).is_dir():
-        data_dir = recorded
-    init = {"data_dir": data_dir, "test_fold": test_fold, "sample_rate": data_meta["sample_rate"],
-            "clip_seconds": data_meta["clip_seconds"], "cache_dir": cache_dir}
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(FoldAudioDataModule, "data")
-    try:
-        dm = parser.instantiate_classes(parser.parse_object(
-            {"data": {"class_path": data_meta["class_path"], "init_args": init}})).data
-    except Exception as err:
-        raise ValueError(f"{path}: cannot rebuild the model and data it describes ({err})") from err
-    return BaseMethod.from_metadata(meta, str(path)), dm
-
-
-def run_probe_command(args: argparse.Namespace, extra: list[str]) -> dict:
-    from audio_ssl.data.paths import DATA_ENV
-    from audio_ssl.utils.provenance import checkpoint_metadata, read_checkpoint
-
-    checkpoint = Path(args.checkpoint)
-    loaded = read_checkpoint(checkpoint)
-    meta = checkpoint_metadata(loaded)
-    data_meta = meta.get("data") or {}
-    test_fold = args.test_fold if args.test_fold is not None else data_meta.get("test_fold")
-    if test_fold is None:
-        raise ValueError(f"{checkpoint} does not record a test fold: pass --test-fold K")
-    if args.config:
-        from audio_ssl.cli import build_cli
-
-        cli_args = ["--config", args.config, "--data.init_args.test_fold", str(test_fold), "--trainer.logger", "false"]
-        cli_args += ["--data.init_args.data_dir", args.data_dir] if args.data_dir else []
-        cli_args += ["--data.init_args.cache_dir", args.cache_dir] if args.cache_dir else []
-        cli = build_cli([*cli_args, *extra], run=False)
-        model, dm, source = cli.model, cli.datamodule, args.config
-    else:
-        if extra:
-            raise ValueError(f"unrecognised argument(s) {extra} (Lightning overrides need --config)")
-        model, dm = _model_and_data_from_checkpoint(checkpoint, meta, test_fold, args.data_dir, args.cache_dir)
-        source = str(checkpoint)
-    if not dm.metadata_path.exists():
-        raise ValueError(f"the probe needs the {dm.dataset_name} audio: {dm.metadata_path} does not exist; pass "
-                         f"--data-dir DIR (or set ${DATA_ENV} to the folder holding '{dm.dataset_name}/')")
-    reason = saw_test_fold(data_meta, test_fold)
-    if reason:
-        print(f"audio-ssl probe: warning: the checkpoint's training saw test fold {test_fold} ({reason}): "
-              "the probe's accuracy on it is not a held-out estimate", file=sys.stderr)
-    untrained = {k: v.clone() for k, v in model.state_dict().items()} if args.random_init else None
-    state = loaded.get("state_dict", loaded)
-    if args.encoder_only:
-        from audio_ssl.methods.base import load_prefixed_weights
-
-        load_prefixed_weights(model.encoder, state, str(checkpoint))
-    else:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            method = meta.get("method")
-            this = f"{type(model).__module__}.{type(model).__qualname__}"
-            hint = (f"; it is a {method.rsplit('.', 1)[-1]} checkpoint: pass --encoder-only to probe its encoder "
-                    "with this model" if method and method != this else "")
-            raise ValueError(f"{checkpoint} does not match the model of {source}{hint}: "
-                             f"{str(err).splitlines()[0]}") from err
-    config = load_probe_config(args.probe)
-    train_set, test_set = dm.split_dataset("train"), dm.split_dataset("test")
-    out = Path(args.out) if args.out else None
-    results: dict = {}
-    variants = [("pretrained", None)] + ([("random_init", untrained)] if untrained is not None else [])
-    for variant, weights in variants:
-        if weights is not None:
-            model.load_state_dict(weights)
-        output = probe_fold(model, train_set, test_set, dm.num_classes, dm.class_names, config,
-                            fold_groups(dm, train_set), out / "embeddings" if out else None, tag=variant)
-        results[variant] = {**output.metrics, "C": output.description.details["probe_C"]}
-        if out is not None:
-            with atomic_write(out / f"fold{test_fold}_{variant}.csv", "w") as fh:
-                output.predictions.to_csv(fh, index=False)
-    results["test_fold"] = test_fold
-    results["pretraining_saw_test_fold"] = None if not data_meta else reason is not None
-    return results
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Probe an existing checkpoint on one held-out fold; prints the metrics as JSON."""
-    parser = argparse.ArgumentParser(
-        prog="audio-ssl probe", allow_abbrev=False,
-        description="Linear probe of a trained encoder on one fold. The checkpoint describes its model, data and "
-                    "folds; --config (for checkpoints that do not) also takes Lightning CLI arguments "
-                    "(e.g. --data.init_args.cache_dir DIR).")
-    parser.add_argument("--checkpoint", required=True, help="a Lightning checkpoint (or final.ckpt)")
-    parser.add_argument("--config", default=None, help="the Lightning YAML the checkpoint was trained with "
-                                                       "(default: the model and data recorded in the checkpoint)")
-    parser.add_argument("--test-fold", type=int, default=None, help="held-out fold (default: the checkpoint's)")
-    parser.add_argument("--data-dir", default=None,
-                        help="dataset folder (default: the checkpoint's, else $AUDIO_SSL_DATA/<dataset>)")
-    parser.add_argument("--cache-dir", default=None, help="waveform cache folder")
-    parser.add_argument("--probe", default=None, help="probe settings YAML (default: built-in defaults)")
-    parser.add_argument("--encoder-only", action="store_true",
-                        help="load only encoder.* weights (checkpoint from a different method)")
-    parser.add_argument("--random-init", action="store_true", help="also probe the untrained encoder")
-    parser.add_argument("--out", default=None, help="folder for predictions CSVs and the embedding cache")
-    args, extra = parser.parse_known_args(argv)
-    try:
-        results = run_probe_command(args, extra)
-    except (ValueError, FileNotFoundError) as err:
-        from audio_ssl.cli import short_error
-
-        print(f"audio-ssl probe: error: {short_error(str(err))}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(json.dumps(results, indent=2))
-
-
-if __name__ == "__main__":
-    main()

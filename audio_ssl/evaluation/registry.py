@@ -30,6 +30,7 @@ PIPELINE_MODULES: dict[str, str] = {
     "lightning": "audio_ssl.evaluation.pipelines",
     "pretrain_probe": "audio_ssl.evaluation.pipelines",
     "pretrain_finetune": "audio_ssl.evaluation.pipelines",
+    "frozen_probe": "audio_ssl.evaluation.pipelines",
     "baseline": "audio_ssl.evaluation.baselines",
     "beats_probe": "audio_ssl.evaluation.beats_probe",
     "clap_zeroshot": "audio_ssl.evaluation.zeroshot",

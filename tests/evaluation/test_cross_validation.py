@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import tiny_cv_overrides
 
 from audio_ssl.evaluation import run_config
 from audio_ssl.evaluation.fold import (
@@ -27,14 +28,6 @@ from audio_ssl.evaluation.tracking import logger_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SUPERVISED = ROOT / "experiments" / "supervised_cpu.yaml"
-
-
-def tiny_overrides(esc50_root, cache_dir) -> list[str]:
-    return ["--data.init_args.data_dir", str(esc50_root), "--data.init_args.cache_dir", str(cache_dir),
-            "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "8",
-            "--data.init_args.clip_seconds", "1.0", "--trainer.max_epochs", "1",
-            "--model.init_args.encoder.init_args.widths", "[8, 16, 16, 32]",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 # ---------------------------------------------------------------------------------------------- a stand-in task
@@ -184,7 +177,7 @@ def test_lightning_cv_end_to_end_with_resume(tmp_path, esc50_root, cache_dir, mo
     original_fit = L.Trainer.fit
     monkeypatch.setattr(L.Trainer, "fit", lambda self, *a, **k: (fits.append(1), original_fit(self, *a, **k))[1])
     base = ["cv", "--config", str(SUPERVISED), "--name", "sup", "--no-wandb", "--set", "trainer.max_epochs=1",
-            *tiny_overrides(esc50_root, cache_dir)]
+            *tiny_cv_overrides(esc50_root, cache_dir)]
     main(base + ["--folds", "1,2", "--no-analysis"])
     assert len(fits) == 2
     main(base)
@@ -218,7 +211,7 @@ def test_pretrain_finetune_uses_the_pretrained_encoder(tmp_path, esc50_root, cac
     config = tmp_path / "finetune.yaml"
     config.write_text(yaml.safe_dump({"pipeline": "pretrain_finetune", "pretrain": str(SUPERVISED),
                                       "finetune": str(SUPERVISED)}))
-    summary = run_cv(config, folds=[2], out=tmp_path / "results", overrides=tiny_overrides(esc50_root, cache_dir),
+    summary = run_cv(config, folds=[2], out=tmp_path / "results", overrides=tiny_cv_overrides(esc50_root, cache_dir),
                         wandb=False, analyze=False)
     assert set(summary["variants"]) == {"pretrained", "random_init"}
     fold = tmp_path / "results" / "finetune" / "fold2"

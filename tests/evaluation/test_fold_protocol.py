@@ -57,6 +57,7 @@ def test_every_path_uses_the_data_modules_splits(esc50_root, cache_dir, tmp_path
                                                  transductive):
     from audio_ssl.cli import build_cli
     from audio_ssl.evaluation import baselines, beats_probe, pipelines, probe
+    from audio_ssl.tools import probe as probe_tool
 
     want = expected_clips(esc50_root, cache_dir, val_fold, transductive)
     args = overrides(esc50_root, cache_dir, val_fold, transductive)
@@ -101,38 +102,36 @@ def test_every_path_uses_the_data_modules_splits(esc50_root, cache_dir, tmp_path
     # 3. the standalone `probe` command, on a checkpoint of the same config.
     checkpoint = tmp_path / "weights.ckpt"
     torch.save({"state_dict": cli.model.state_dict()}, checkpoint)
-    monkeypatch.setattr(probe, "probe_fold", recording_probe_fold("probe"))
-    probe.main(["--checkpoint", str(checkpoint), "--config", str(SUPERVISED), "--test-fold", str(TEST_FOLD), *args])
+    monkeypatch.setattr(probe_tool, "probe_fold", recording_probe_fold("probe"))
+    probe_tool.main(["--checkpoint", str(checkpoint), "--config", str(SUPERVISED), "--test-fold", str(TEST_FOLD), *args])
 
-    # 4. the BEATs probe (the frozen model and its features stubbed: the clips are what is checked).
+    # 4. the BEATs probe, an instance of frozen_probe (the frozen models and their probe stubbed: the clips are
+    #    what is checked).
     class FakeBEATs(torch.nn.Module):
         def __init__(self, *a, **k):
             super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
             self.encoder = SimpleNamespace(num_layers=1, out_dim=4, parameters=lambda: iter([torch.zeros(1)]))
             self.layers, self.embedding_dim = [0], 4
 
-    def fake_features(model, dataset, fold, *a, **k):
-        files = [dataset.dataset.files[i] for i in dataset.indices] if hasattr(dataset, "indices") else dataset.files
-        labels = np.asarray([dataset[i]["label"] for i in range(len(dataset))])
-        seen.setdefault("beats_folds", {}).setdefault(fold, set()).update(files)
-        rng = np.random.default_rng(fold)
-        return beats_probe.FoldFeatures(rng.normal(size=(len(files), 4)).astype(np.float32), labels, files,
-                                        tmp_path / f"f{fold}", False, 0.0)
+    def fake_control(model):
+        control = FakeBEATs()
+        control.weight.data.fill_(1.0)
+        return control
 
     import audio_ssl.methods.beats as beats_methods
 
     monkeypatch.setattr(beats_methods, "BEATsClassifier", FakeBEATs)
-    monkeypatch.setattr(beats_probe, "extract_fold_features", fake_features)
+    monkeypatch.setattr(beats_probe, "random_init_copy", fake_control)
+    monkeypatch.setattr(pipelines, "probe_fold", recording_probe_fold("beats_probe"))
     data = {"class_path": "audio_ssl.data.ESC50DataModule",
             "init_args": {"data_dir": str(esc50_root), "cache_dir": str(cache_dir), "num_workers": 0,
                           "val_fold": val_fold, "transductive": transductive, "clip_seconds": 1.0}}
-    beats_dm = beats_probe._build_datamodule(data, TEST_FOLD)
-    (out,) = beats_probe.run_beats_probe("unused.pt", beats_dm, [TEST_FOLD], checkpoint_sha256="0" * 64,
-                                         probe=probe.ProbeConfig(C=1.0, max_iter=50, device="cpu")).values()
-    per_fold = seen.pop("beats_folds")
-    seen["beats_probe"] = {"train": set().union(*(per_fold[f] for f in out.description.details["train_folds"])),
-                           "test": set(out.predictions["file"]) if "file" in out.predictions else per_fold[TEST_FOLD]}
-    assert out.description.details["probe_train_clips"] == len(seen["beats_probe"]["train"])
+    beats_dm = beats_probe.build_datamodule(data, TEST_FOLD)
+    out = beats_probe.run_beats_probe("unused.pt", beats_dm, [TEST_FOLD],
+                                      probe=probe.ProbeConfig(C=1.0, max_iter=50, device="cpu"))[TEST_FOLD]
+    assert set(out) == {"pretrained", "random_init"}
+    assert out["pretrained"].description.details["train_folds"] == sorted({1, 2, 4, 5} - {val_fold})
 
     # 5. the baselines.
     (base,) = baselines.run_baseline_fold(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import tiny_cv_overrides
 
 from audio_ssl.evaluation import probe as P
 
@@ -139,7 +140,7 @@ def test_embeddings_are_cached_per_weights(tiny_model_and_data, tmp_path, monkey
     monkeypatch.setattr(type(model), "embed", lambda self, audio: (calls.append(1), original(self, audio))[1])
     config = P.ProbeConfig(C=1.0, max_iter=100, device="cpu", embed_batch_size=64)
     first = P.probe_fold(model, train_set, test_set, 5, dm.class_names, config, cache_dir=tmp_path, tag="v")
-    assert len(calls) == 2 and len(list(tmp_path.glob("v-*.npz"))) == 1
+    assert len(calls) == 2 and len(list(tmp_path.glob("v-*.npz"))) == 2  # one file per dataset (no groups)
     second = P.probe_fold(model, train_set, test_set, 5, dm.class_names, config, cache_dir=tmp_path, tag="v")
     assert len(calls) == 2  # read from the cache
     np.testing.assert_allclose(first.predictions["top1_prob"], second.predictions["top1_prob"])
@@ -147,7 +148,7 @@ def test_embeddings_are_cached_per_weights(tiny_model_and_data, tmp_path, monkey
     with torch.no_grad():
         changed.encoder.stem[0].weight.add_(1e-3)
     P.probe_fold(changed, train_set, test_set, 5, dm.class_names, config, cache_dir=tmp_path, tag="v")
-    assert len(calls) == 4 and len(list(tmp_path.glob("v-*.npz"))) == 2  # new weights, new key
+    assert len(calls) == 4 and len(list(tmp_path.glob("v-*.npz"))) == 4  # new weights, new key
 
 
 def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, monkeypatch, capsys):
@@ -162,11 +163,7 @@ def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, mon
     config = tmp_path / "probe_pipeline.yaml"
     config.write_text(yaml.safe_dump({"pipeline": "pretrain_probe", "pretrain": str(SUPERVISED),
                                       "transductive": True, "probe": {"C": [0.1, 1.0], "max_iter": 200}}))
-    overrides = ["--data.init_args.data_dir", str(esc50_root), "--data.init_args.cache_dir", str(cache_dir),
-                 "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "8",
-                 "--data.init_args.clip_seconds", "1.0", "--trainer.max_epochs", "1",
-                 "--model.init_args.encoder.init_args.widths", "[8, 16, 16, 32]",
-                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    overrides = tiny_cv_overrides(esc50_root, cache_dir)
     import lightning as L
 
     fits = []
@@ -186,7 +183,11 @@ def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, mon
     run_dir = tmp_path / "results" / "probe_pipeline"
     assert (run_dir / "predictions" / "fold3_pretrained.csv").exists()
     assert (run_dir / "predictions" / "fold3_random_init.csv").exists()
-    assert len(list((run_dir / "fold3" / "embeddings").glob("*.npz"))) == 2
+    # One cache for the run, one file per fold and weights: the transductive weights and the seeded untrained
+    # model are the same for folds 3 and 4, so fold 4 embedded nothing new.
+    assert len(list((run_dir / "embeddings").glob("*.npz"))) == 10
+    assert pre["details"]["4"]["clips_embedded"] == rnd["details"]["4"]["clips_embedded"] == 0
+    assert pre["details"]["3"]["clips_embedded"] == rnd["details"]["3"]["clips_embedded"] == 50
     assert (run_dir / "pretrain_transductive" / "final.ckpt").exists() and not (run_dir / "fold3" / "pretrain").exists()
     table = results_table([summary])
     assert "probe_pipeline:random_init | none (random init)" in table and "(pretraining saw test-fold audio)" in table
@@ -195,7 +196,9 @@ def test_pretrain_probe_pipeline_end_to_end(tmp_path, esc50_root, cache_dir, mon
     settings = tmp_path / "probe.yaml"
     settings.write_text("probe:\n  C: [0.1, 1.0]\n  max_iter: 200\n")
     capsys.readouterr()
-    P.main(["--checkpoint", str(run_dir / "pretrain_transductive" / "final.ckpt"), "--config", str(SUPERVISED),
+    from audio_ssl.tools.probe import main as probe_main
+
+    probe_main(["--checkpoint", str(run_dir / "pretrain_transductive" / "final.ckpt"), "--config", str(SUPERVISED),
             "--test-fold", "3", "--probe", str(settings), "--out", str(tmp_path / "standalone"), *overrides])
     standalone = json.loads(capsys.readouterr().out)
     assert standalone["pretrained"]["acc"] == pytest.approx(pre["metrics"]["acc"]["per_fold"]["3"])
@@ -236,4 +239,4 @@ def test_probe_under_two_ranks_equals_one_process_and_writes_the_cache_once(tiny
         assert result["metrics"] == single.metrics
         np.testing.assert_allclose(result["predictions"]["top1_prob"], single.predictions["top1_prob"], rtol=1e-6)
     assert [r["embed_calls"] for r in results][1] == 0  # rank 1 waits for rank 0's result
-    assert len(list(tmp_path.glob("ddp-*.npz"))) == 1 and not list(tmp_path.glob("*tmp*"))
+    assert len(list(tmp_path.glob("ddp-*.npz"))) == 5 and not list(tmp_path.glob("*tmp*"))  # one file per fold

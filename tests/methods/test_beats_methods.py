@@ -15,12 +15,8 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from audio_ssl.data.esc50 import ESC50DataModule
-from audio_ssl.evaluation.beats_probe import (
-    beats_probe_task,
-    extract_fold_features,
-    feature_cache_path,
-    run_beats_probe,
-)
+from audio_ssl.evaluation.beats_probe import RANDOM_SEED, beats_probe_task, random_init_copy, run_beats_probe
+from audio_ssl.evaluation.embeddings import EmbeddingCache
 from audio_ssl.evaluation.fold import FoldContext
 from audio_ssl.evaluation.probe import ProbeConfig
 from audio_ssl.evaluation.registry import get_pipeline
@@ -289,7 +285,7 @@ def test_features_are_extracted_once_then_read_from_cache(tiny_ckpt, esc50_root,
     dm.prepare_data()
     model = BEATsClassifier(str(tiny_ckpt), num_classes=5, freeze_encoder=True)
     fold1 = dm.split([1], random_crop=False)
-    first = extract_fold_features(model, fold1, 1, "ab" * 32, "esc50", tmp_path, batch_size=4)
+    first = EmbeddingCache(model, tmp_path, "beats", batch_size=4).features(fold1)
     assert first.computed and first.path.exists() and first.features.shape == (len(fold1), 64)
     with torch.no_grad():
         expected = model.embed(torch.stack([fold1[i]["audio"] for i in range(len(fold1))]))
@@ -299,36 +295,44 @@ def test_features_are_extracted_once_then_read_from_cache(tiny_ckpt, esc50_root,
         raise AssertionError("the encoder ran although the features are cached")
 
     model.embed = fail
-    second = extract_fold_features(model, fold1, 1, "ab" * 32, "esc50", tmp_path, batch_size=4)
+    second = EmbeddingCache(model, tmp_path, "beats", batch_size=4).features(fold1)
     assert not second.computed and second.path == first.path
     np.testing.assert_array_equal(second.features, first.features)
     np.testing.assert_array_equal(second.labels, fold1.labels)
-    # Another checkpoint, other layers or another clip subset get their own file.
-    args = ("esc50", 1, None, fold1.clip_samples, 16000, fold1.files)
-    assert feature_cache_path(tmp_path, "cd" * 32, *args) != first.path
-    assert feature_cache_path(tmp_path, "ab" * 32, "esc50", 1, [1, 3], *args[3:]) != first.path
+    # Other layers (even under the same weights' hash) or another clip subset get their own file.
+    other_layers = BEATsClassifier(str(tiny_ckpt), num_classes=5, freeze_encoder=True, layers=[1, 3])
+    same_weights = EmbeddingCache(model, tmp_path, "beats").weights
+    cache = EmbeddingCache(other_layers, tmp_path, "beats", weights=same_weights)
+    assert cache.path(first.files, fold1.clip_samples, 16000) != first.path
     with pytest.raises(AssertionError, match="encoder ran"):
-        extract_fold_features(model, Subset(fold1, [0, 1]), 1, "ab" * 32, "esc50", tmp_path)
+        EmbeddingCache(model, tmp_path, "beats").features(Subset(fold1, [0, 1]))
 
 
 def test_cached_probe_over_folds(tiny_ckpt, esc50_root, cache_dir, tmp_path) -> None:
     dm = ESC50DataModule(str(esc50_root), num_workers=0, clip_seconds=1.0, cache_dir=str(cache_dir))
     probe = ProbeConfig(C=[0.1, 1.0], embed_batch_size=5, device="cpu")
     outputs = run_beats_probe(str(tiny_ckpt), dm, test_folds=[1, 2], probe=probe, feature_cache_dir=tmp_path)
-    assert set(outputs) == {1, 2}
-    # Each of the 5 folds (10 clips each) went through the encoder exactly once over both held-out folds.
-    assert outputs[1].description.details["clips_extracted"] == 50 and outputs[2].description.details["clips_extracted"] == 0
-    assert len(list(tmp_path.glob("beats-*-esc50-fold*-final-*.npz"))) == 5
-    for fold, out in outputs.items():
-        assert out.description.details["train_folds"] == [f for f in range(1, 6) if f != fold]
-        assert len(out.predictions) == 10 and 0.0 <= out.metrics["acc"] <= 1.0
-        details = out.description.details
-        assert details["probe_C"] in (0.1, 1.0) and set(details["probe_C_scores"]) == {"0.1", "1"}
-        assert out.description.dataset.num_clips == 50 and out.description.epochs == 0
-        json.dumps(details)
+    assert set(outputs) == {1, 2} and all(set(o) == {"pretrained", "random_init"} for o in outputs.values())
+    # Each of the 5 folds (10 clips each) went through each encoder exactly once over both held-out folds.
+    for variant in ("pretrained", "random_init"):
+        assert outputs[1][variant].description.details["clips_embedded"] == 50
+        assert outputs[2][variant].description.details["clips_embedded"] == 0
+        assert len(list(tmp_path.glob(f"{variant}-*.npz"))) == 5
+    for fold, variants in outputs.items():
+        for out in variants.values():
+            details = out.description.details
+            assert details["train_folds"] == [f for f in range(1, 6) if f != fold]
+            assert len(out.predictions) == 10 and 0.0 <= out.metrics["acc"] <= 1.0
+            assert details["probe_C"] in (0.1, 1.0) and set(details["probe_C_scores"]) == {"0.1", "1"}
+            assert out.description.dataset.num_clips == 50 and out.description.epochs == 0
+            json.dumps(details)
+        assert variants["random_init"].description.pretraining_data == "none"
+        assert str(tiny_ckpt) in variants["pretrained"].description.pretraining_data
+    assert outputs[1]["pretrained"].description.details["weights_hash"] != \
+        outputs[1]["random_init"].description.details["weights_hash"]
     again = run_beats_probe(str(tiny_ckpt), dm, test_folds=[2], probe=probe, feature_cache_dir=tmp_path)
-    assert again[2].description.details["clips_extracted"] == 0
-    assert again[2].metrics == outputs[2].metrics
+    assert again[2]["pretrained"].description.details["clips_embedded"] == 0
+    assert again[2]["pretrained"].metrics == outputs[2]["pretrained"].metrics
     # The cross-validation runner's task (pipeline: beats_probe) reads the same cache.
     config = {"checkpoint": str(tiny_ckpt), "feature_cache_dir": str(tmp_path),
               "probe": {"C": [0.1, 1.0], "embed_batch_size": 5, "device": "cpu"},
@@ -336,10 +340,26 @@ def test_cached_probe_over_folds(tiny_ckpt, esc50_root, cache_dir, tmp_path) -> 
                        "init_args": {"data_dir": str(esc50_root), "clip_seconds": 1.0, "num_workers": 0,
                                      "cache_dir": str(cache_dir)}}}
     task = get_pipeline("beats_probe")(FoldContext(config, 1, tmp_path / "work"))
-    assert task["beats_probe"].description.details["clips_extracted"] == 0
-    assert task["beats_probe"].metrics == outputs[1].metrics
+    assert task["pretrained"].description.details["clips_embedded"] == 0
+    assert task["pretrained"].metrics == outputs[1]["pretrained"].metrics
+    assert task["random_init"].metrics == outputs[1]["random_init"].metrics
     with pytest.raises(ValueError, match="'checkpoint:'.*BEATs_iter3_plus_AS2M.pt"):
         beats_probe_task(FoldContext({**config, "checkpoint": None}, 1, tmp_path))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['layer'\] for pipeline beats_probe"):
+        beats_probe_task(FoldContext({**config, "layer": [1]}, 1, tmp_path))
+
+
+def test_random_init_control_is_beats_own_initialisation(tiny_ckpt) -> None:
+    model = BEATsClassifier(str(tiny_ckpt), num_classes=5, freeze_encoder=True)
+    state = torch.get_rng_state()
+    control = random_init_copy(model)
+    assert torch.equal(torch.get_rng_state(), state)  # the global random state is left alone
+    torch.manual_seed(RANDOM_SEED)
+    reference = BEATs(model.encoder.cfg).state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in control.encoder.state_dict().items())
+    pretrained = torch.load(tiny_ckpt, weights_only=True)["model"]
+    assert any(not torch.equal(v, pretrained[k]) for k, v in control.encoder.state_dict().items() if k in pretrained)
+    assert all(torch.equal(v, model.head.state_dict()[k]) for k, v in control.head.state_dict().items())
 
 
 def test_ensure_tiny_checkpoint(tmp_path: Path) -> None:

@@ -7,17 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serve_helpers import SR, train_tiny
+from helpers import train_tiny_classifier
+from serve_helpers import SR
 
 
 @pytest.fixture(scope="session")
-def resnet_checkpoint(tmp_path_factory, esc50_root, cache_dir) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("serve-resnet"), esc50_root, cache_dir, "resnet")
+def resnet_checkpoint(tiny_classifier) -> Path:
+    return tiny_classifier[1]
 
 
 @pytest.fixture(scope="session")
 def vit_checkpoint(tmp_path_factory, esc50_root, cache_dir) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("serve-vit"), esc50_root, cache_dir, "vit")
+    return train_tiny_classifier(tmp_path_factory.mktemp("serve-vit"), esc50_root, cache_dir, "vit")[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,78 @@
+"""Helpers several test files share (``tests/`` is on ``sys.path``)::
+
+    from helpers import TINY_ENCODERS, exit_code_and_output, tiny_cv_overrides, train_tiny_classifier
+
+- :func:`train_tiny_classifier`: a tiny SupervisedClassifier fitted for two optimizer steps through the Lightning
+  CLI on the generated ESC-50, so its checkpoint is real and self-describing (classify, serve, metadata tests);
+- :func:`tiny_cv_overrides`: Lightning CLI arguments that make ``experiments/supervised_cpu.yaml`` a seconds-long
+  run on the generated ESC-50 (cross-validation, probe and pipeline tests);
+- :func:`exit_code_and_output`: a command's ``main`` run in-process: ``(exit code, stdout, stderr)``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["TINY_ENCODERS", "exit_code_and_output", "tiny_cv_overrides", "train_tiny_classifier"]
+
+TINY_ENCODERS = {
+    "resnet": "{class_path: audio_ssl.models.AudioResNet, init_args: {layers: [1, 1], widths: [4, 8]}}",
+    "vit": "{class_path: audio_ssl.models.SpectrogramTransformer, init_args: {n_mels: 32, max_frames: 64, "
+           "patch_size: 8, embed_dim: 16, depth: 2, num_heads: 2, drop_path: 0.0}}",
+}
+"""Encoders of :func:`train_tiny_classifier` (a YAML flow mapping each)."""
+
+
+def train_tiny_classifier(root: Path, esc50_root: Path, cache_dir: Path, encoder: str = "resnet") -> tuple[Path, Path]:
+    """Fit a tiny SupervisedClassifier (``TINY_ENCODERS[encoder]``, 1 s clips, 32 mels, TTA with 2 views, seed 0)
+    for two steps; returns ``(config, last.ckpt)``: ``root/{encoder}.yaml`` and ``root/{encoder}/checkpoints/``."""
+    from audio_ssl.cli import build_cli
+
+    config = root / f"{encoder}.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        seed_everything: 0
+        trainer: {{max_epochs: 1, limit_train_batches: 2, limit_val_batches: 0, accelerator: cpu, devices: 1,
+                   logger: false, enable_progress_bar: false, enable_model_summary: false}}
+        checkpoint: {{dirpath: {root / encoder / "checkpoints"}, monitor: null}}
+        model:
+          class_path: audio_ssl.methods.SupervisedClassifier
+          init_args:
+            encoder: {TINY_ENCODERS[encoder]}
+            frontend:
+              class_path: audio_ssl.features.LogMelSpectrogram
+              init_args: {{n_fft: 512, hop_length: 256, n_mels: 32, normalize: instance}}
+            tta_views: 2
+            optimizer: adamw
+            scheduler: constant
+            lr: 0.01
+        data:
+          class_path: audio_ssl.data.ESC50DataModule
+          init_args: {{data_dir: {esc50_root}, cache_dir: {cache_dir}, clip_seconds: 1.0, batch_size: 8, num_workers: 0}}
+        """))
+    build_cli(["fit", "--config", str(config)])
+    checkpoint = root / encoder / "checkpoints" / "last.ckpt"
+    assert checkpoint.exists()
+    return config, checkpoint
+
+
+def tiny_cv_overrides(esc50_root, cache_dir) -> list[str]:
+    """``supervised_cpu.yaml`` on the generated ESC-50: 1 s clips, batches of 8, one epoch, a narrow ResNet, no
+    workers, no progress bar or model summary."""
+    return ["--data.init_args.data_dir", str(esc50_root), "--data.init_args.cache_dir", str(cache_dir),
+            "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "8",
+            "--data.init_args.clip_seconds", "1.0", "--trainer.max_epochs", "1",
+            "--model.init_args.encoder.init_args.widths", "[8, 16, 16, 32]",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def exit_code_and_output(main: Callable[[list[str]], object], argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``main(argv)``; ``(exit code (0 unless it raised SystemExit), stdout, stderr)``."""
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
