@@ -286,7 +286,7 @@ def test_cv_stacks_overlays_and_sets_pipeline_keys(tmp_path, esc50_root, cache_d
     monkeypatch.chdir(tmp_path)
     recipe, overlay = write_recipe_with_size(tmp_path)
     common = ["--folds", "1", "--no-wandb", "--no-analysis", "--set", "trainer.max_epochs=1",
-              *tiny_overrides(esc50_root, cache_dir)]
+              *tiny_cv_overrides(esc50_root, cache_dir)]
     main(["cv", "--config", str(recipe), "--config", str(overlay), *common])
     summary = json.loads((tmp_path / "results" / "sup_tiny" / "summary.json").read_text())
     assert "dropout: 0.125" in summary["configs"]["fit"]
