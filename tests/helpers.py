@@ -19,8 +19,8 @@ __all__ = ["TINY_ENCODERS", "exit_code_and_output", "tiny_cv_overrides", "train_
 
 TINY_ENCODERS = {
     "resnet": "{class_path: audio_ssl.models.AudioResNet, init_args: {layers: [1, 1], widths: [4, 8]}}",
-    "vit": "{class_path: audio_ssl.models.SpectrogramTransformer, init_args: {n_mels: 32, max_frames: 64, "
-           "patch_size: 8, embed_dim: 16, depth: 2, num_heads: 2, drop_path: 0.0}}",
+    "vit": "{class_path: audio_ssl.models.SpectrogramTransformer, init_args: {max_frames: 64, patch_size: 8, "
+           " embed_dim: 16, depth: 2, num_heads: 2, drop_path: 0.0}}",
 }
 """Encoders of :func:`train_tiny_classifier` (a YAML flow mapping each)."""
 

@@ -49,8 +49,8 @@ MODELS = {
     "masked": f"""
           class_path: audio_ssl.methods.MaskedTokenPrediction
           init_args:
-            encoder: {{class_path: audio_ssl.models.SpectrogramTransformer, init_args: {{n_mels: 32, max_frames: 64,
-                       patch_size: 8, embed_dim: 16, depth: 1, num_heads: 2, drop_path: 0.0}}}}{FRONTEND}
+            encoder: {{class_path: audio_ssl.models.SpectrogramTransformer, init_args: {{max_frames: 64,
+                       embed_dim: 16, depth: 1, num_heads: 2, drop_path: 0.0}}}}{FRONTEND}
             patch_size: 8
             num_tokens: 8
             tokenizer_batches: 2
