@@ -43,6 +43,7 @@ from common import (  # noqa: E402
 
 PRETRAINED_ARG = "--model.init_args.encoder.init_args.pretrained"
 MODEL_ARG = "--model.init_args.encoder.init_args.model"
+ENCODER_ARG = "--model.init_args.encoder"
 #: transformers' config and feature-extractor classes of each family, found by name in a hub id (--architecture
 #: defaults); their default arguments are the base architectures of these model types.
 DEFAULT_ARCHITECTURES = {
@@ -74,12 +75,16 @@ def hub_id(config: Path) -> str | None:
 
 def random_init_args(config: Path) -> list[str]:
     """The Lightning CLI arguments that build a recipe's encoder untrained: ``pretrained`` false when the recipe
-    states a bool (HFAudioEncoder), null when it names weights (a path or hub id); ValueError without one."""
+    states a bool (HFAudioEncoder), null when it names weights (a path or hub id: TimmCNN), given as one JSON value
+    of the encoder (jsonargparse turns a nested ``--...pretrained null`` into the string 'None'); ValueError
+    without one."""
     stated = (_encoder_block(config).get("init_args") or {}).get("pretrained", None)
     if "pretrained" not in (_encoder_block(config).get("init_args") or {}):
         raise ValueError(f"{config}: model.init_args.encoder.init_args.pretrained is not stated, so the benchmark "
                          "cannot build the encoder with random weights")
-    return [PRETRAINED_ARG, "false" if isinstance(stated, bool) else "null"]
+    if isinstance(stated, bool):
+        return [PRETRAINED_ARG, "false"]
+    return [ENCODER_ARG, '{"init_args": {"pretrained": null}}']
 
 
 def write_default_architecture(model_id: str, folder: Path) -> str:

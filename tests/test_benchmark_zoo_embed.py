@@ -50,7 +50,7 @@ def test_the_untrained_encoder_argument_follows_the_recipe(tmp_path):
     named = tmp_path / "named.yaml"  # an encoder whose pretrained names weights (a path or hub id)
     named.write_text(yaml.safe_dump({"model": {"init_args": {"encoder": {"class_path": "x.TimmCNN", "init_args": {
         "pretrained": "timm/efficientnet_b0.ra_in1k"}}}}}))
-    assert zoo_embed.random_init_args(named)[1] == "null"
+    assert zoo_embed.random_init_args(named) == ["--model.init_args.encoder", '{"init_args": {"pretrained": null}}']
     silent = tmp_path / "silent.yaml"
     silent.write_text(yaml.safe_dump({"model": {"init_args": {"encoder": {"class_path": "x.Y", "init_args": {}}}}}))
     with pytest.raises(ValueError, match="pretrained is not stated"):
