@@ -359,23 +359,52 @@ def check_linked_not_set(argv: list[str]) -> None:
     ``--config`` files sets a :data:`LINKED` target (it would be overwritten by its source)."""
     import yaml
 
-    for source, target in LINKED:
-        if any(a == f"--{target}" or a.startswith(f"--{target}=") for a in argv):
-            raise ValueError(f"--{target} is linked to {source} (stated once): set --{source} instead")
+    configs = []
     for value in _option_values(argv, "--config"):
         path = Path(value)
         if value.lstrip().startswith(("{", "[")) or not path.is_file():
             continue  # jsonargparse reports a missing file itself
         try:
-            config = yaml.safe_load(path.read_text())
+            configs.append((path, yaml.safe_load(path.read_text())))
         except yaml.YAMLError:
             continue  # jsonargparse reports the syntax error with its position
-        for source, target in LINKED:
+    links = [(s, t) for s, t in LINKED if _link_source_exists(s, [c for _, c in configs], argv)]
+    for source, target in links:
+        if any(a == f"--{target}" or a.startswith(f"--{target}=") for a in argv):
+            raise ValueError(f"--{target} is linked to {source} (stated once): set --{source} instead")
+    for path, config in configs:
+        for source, target in links:
             try:
                 _nested(config, target)
             except KeyError:
                 continue
             raise ValueError(f"{path}: {target} is linked to {source} (stated once): remove it and set {source}")
+
+
+def _link_source_exists(source: str, configs: list, argv: list[str]) -> bool:
+    """Whether a :data:`LINKED` source is a parameter of the class chosen for it (the last ``class_path`` of
+    its section in ``configs`` or ``argv``): a masked method has ``patch_size``, a supervised one does not, and then
+    its Transformer encoder's own ``patch_size`` is the one to set. Unknown classes count as having it."""
+    import importlib
+    import inspect
+
+    owner = source.rsplit(".init_args.", 1)[0]  # model.init_args.patch_size -> model
+    class_path = None
+    for config in configs:
+        try:
+            class_path = _nested(config, f"{owner}.class_path")
+        except KeyError:
+            pass
+    for option in _option_values(argv, f"--{owner}.class_path") + _option_values(argv, f"--{owner}"):
+        class_path = option if "." in option and not option.lstrip().startswith("{") else class_path
+    if not isinstance(class_path, str) or "." not in class_path:
+        return True
+    module, _, name = class_path.rpartition(".")
+    try:
+        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return True
+    return source.rsplit(".", 1)[1] in parameters
 
 
 def _with_run_name(value, name: str):

@@ -124,6 +124,26 @@ def test_linked_values_follow_their_source_and_are_never_set_by_hand(monkeypatch
     assert f"{bad}: model.init_args.frontend.init_args.sample_rate is linked to data.init_args.sample_rate" in err
 
 
+def test_a_link_whose_source_the_method_lacks_leaves_the_target_settable(monkeypatch, tmp_path, capsys):
+    """A supervised method has no patch_size: its Transformer encoder's own patch_size is set by hand and used; the
+    masked method has one, and there the encoder's is refused."""
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "vit.yaml"
+    recipe.write_text(
+        "model:\n  class_path: audio_ssl.methods.SupervisedClassifier\n  init_args:\n"
+        "    encoder: {class_path: audio_ssl.models.SpectrogramTransformer, init_args: {max_frames: 64, patch_size: 8,"
+        " embed_dim: 16, depth: 1, num_heads: 2}}\n"
+        "    frontend: {class_path: audio_ssl.features.LogMelSpectrogram, init_args: {n_fft: 512, n_mels: 32}}\n"
+        "data:\n  class_path: audio_ssl.data.ESC50DataModule\n")
+    cli = build_cli(["--config", str(recipe), "--trainer.logger", "false"], run=False)
+    assert cli.model.encoder.patch_size == (8, 8) and cli.model.encoder.n_mels == 32
+    masked = recipe.read_text().replace("SupervisedClassifier", "MaskedTokenPrediction")
+    recipe.write_text(masked)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(recipe), "--print_config"])
+    assert "model.init_args.encoder.init_args.patch_size is linked to model.init_args.patch_size" in capsys.readouterr().err
+
+
 def assert_contains(expected, actual, where: str) -> None:
     """Every value of ``expected`` (a parsed YAML block) is in ``actual`` (the printed, resolved config); class
     paths are compared by class name (the CLI prints the defining module)."""
