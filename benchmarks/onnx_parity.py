@@ -8,9 +8,11 @@ do not depend on the weights) is exported with :func:`audio_ssl.export.onnx.expo
 - ``supervised``: the model block of ``--config`` (default ``experiments/supervised_cpu.yaml``: AudioResNet-10 at a
   quarter width, 64-mel log-mel front end), 50 classes;
 - ``beats``: a :class:`~audio_ssl.methods.beats.BEATsClassifier` on a random BEATs checkpoint of ``--beats-size``
-  (``tiny``: 3 layers x 64 wide; ``full``: the released 12 x 768 architecture), 50 classes.
+  (``tiny``: 3 layers x 64 wide; ``full``: the released 12 x 768 architecture), 50 classes;
+- ``efficientnet_b0``, ``resnet18_imagenet``: the model blocks of ``experiments/zoo/*_finetune.yaml`` (timm's
+  ImageNet CNNs on 128-mel log-mels) with ``pretrained: null`` (the architecture, randomly initialised).
 
-Both have ``tta_views = 1``, so the exports take any length. Clips: ``--clips`` (32) clips of ``--clip-seconds`` (5)
+All have ``tta_views = 1``, so the exports take any length. Clips: ``--clips`` (32) clips of ``--clip-seconds`` (5)
 at 16 kHz, the first files of ``--data-dir``'s ``meta/esc50.csv`` (real ESC-50, cropped or zero-padded), or
 Gaussian noise (std 0.1) without ``--data-dir``. Measured per kind: the largest absolute difference between
 onnxruntime's and PyTorch's class probabilities over all clips, and clips/s of each runtime on batches of
@@ -43,6 +45,7 @@ from common import (  # noqa: E402
 
 SR = 16000
 NUM_CLASSES = 50
+ZOO_RECIPES = {"efficientnet_b0": "efficientnet_b0_finetune.yaml", "resnet18_imagenet": "resnet18_imagenet_finetune.yaml"}
 
 
 def write_checkpoint(model_block: dict, out: Path, clip_seconds: float) -> Path:
@@ -65,7 +68,14 @@ def model_blocks(config: Path, beats_checkpoint: Path) -> dict[str, dict]:
     block["init_args"] = {**(block.get("init_args") or {}), "tta_views": 1}
     beats = {"class_path": "audio_ssl.methods.BEATsClassifier",
              "init_args": {"checkpoint": str(beats_checkpoint), "tta_views": 1}}
-    return {"supervised": block, "beats": beats}
+    blocks = {"supervised": block, "beats": beats}
+    for kind, recipe in ZOO_RECIPES.items():  # timm's ImageNet CNNs, architecture only (random init)
+        zoo = dict(yaml.safe_load((REPO_ROOT / "experiments" / "zoo" / recipe).read_text())["model"])
+        encoder = dict(zoo["init_args"]["encoder"])
+        encoder["init_args"] = {**encoder.get("init_args", {}), "pretrained": None}
+        zoo["init_args"] = {**zoo["init_args"], "encoder": encoder, "tta_views": 1}
+        blocks[kind] = zoo
+    return blocks
 
 
 def load_clips(data_dir: str | None, count: int, samples: int) -> tuple[np.ndarray, str]:
@@ -130,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--kinds", nargs="+", choices=("supervised", "beats"), default=["supervised", "beats"])
+    kinds = ("supervised", "beats", *ZOO_RECIPES)
+    parser.add_argument("--kinds", nargs="+", choices=kinds, default=list(kinds))
     parser.add_argument("--out", default=None, help="JSON file")
     args = parser.parse_args(argv)
     quiet_lightning()

@@ -1,6 +1,8 @@
 """Write the README's benchmark tables from committed result files (never typed by hand).
 
     python benchmarks/readme_tables.py serve_load results/cpu-2026-11-30/bench/serve_load.json --readme README.md
+    python benchmarks/readme_tables.py onnx_parity results/cpu-2026-11-30/bench/onnx_parity.json --readme README.md
+    python benchmarks/readme_tables.py zoo_pipeline_check results/cpu-2026-11-30/bench/zoo_pipeline_check.json --readme README.md
 
 Each kind renders one JSON written by its benchmark (``serve_load.py --out``) into a Markdown table and puts it
 between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in the README (the same markers
@@ -27,7 +29,44 @@ def serve_load_table(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"serve_load": serve_load_table}
+def onnx_parity_table(data: dict) -> str:
+    """One row per exported classifier of ``onnx_parity.py --out``: parity and throughput, ONNX against PyTorch."""
+    header = ["classifier", "encoder", "parameters", "dynamic length", "max abs diff of probabilities",
+              "PyTorch clips/s", "onnxruntime clips/s", "onnxruntime / PyTorch"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    for r in data["runs"]:
+        lines.append(f"| {r['kind']} ({r['method']}) | {r['encoder']} | {r['parameters'] / 1e6:.2f}M | "
+                     f"{'yes' if r['dynamic_length'] else 'no'} | {r['max_abs_diff']:.1e} | "
+                     f"{r['torch_clips_per_s']:.1f} | {r['onnx_clips_per_s']:.1f} | {r['onnx_speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def zoo_pipeline_check_table(data: dict) -> str:
+    """One row per encoder of ``zoo_pipeline_check.py --out``: size, CPU embedding throughput, and whether the
+    probe / fine-tune / zero-shot pipelines ran end to end (random weights: accuracies are chance, not results)."""
+
+    def run(record: dict | None) -> str:
+        if not record:
+            return "-"
+        if record["returncode"] != 0:
+            return f"failed (rc {record['returncode']})"
+        accs = " / ".join(f"{100 * a:.1f}" for a in (record.get("accuracy") or {}).values())
+        return f"ran, {record['wall_s']:.0f} s (acc {accs} %)"
+
+    header = ["encoder", "encoder parameters", "embed clips/s (5 s clips, batch 8)", "probe or zero-shot", "fine-tune"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    for r in data["results"]:
+        embed, pipes = r.get("embed") or {}, r.get("pipelines") or {}
+        params = embed.get("encoder_params")
+        speed = embed.get("embed_clips_per_s")
+        lines.append(f"| {r['encoder']} | {f'{params / 1e6:.1f}M' if params else '-'} | "
+                     f"{f'{speed:.2f}' if speed is not None else '-'} | "
+                     f"{run(pipes.get('probe') or pipes.get('zeroshot'))} | {run(pipes.get('finetune'))} |")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"serve_load": serve_load_table, "onnx_parity": onnx_parity_table,
+             "zoo_pipeline_check": zoo_pipeline_check_table}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -291,3 +291,27 @@ def test_readme_tables_render_serve_load_results_between_markers(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.startswith("a\n<!-- results:serve_load -->\n| scenario |")
     assert "| one by one | 1 | 4 | 3 | 5 | 2 x 503 | 12.3 | 10 ms | 100 ms | 1.00 | 800 / 811 MB |" in text
+
+
+def test_readme_tables_render_onnx_parity_and_zoo_check_rows(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("readme_tables",
+                                                  Path(__file__).parents[1] / "benchmarks" / "readme_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    onnx = {"runs": [{"kind": "supervised", "method": "SupervisedClassifier", "encoder": "AudioResNet",
+                      "parameters": 314338, "dynamic_length": True, "max_abs_diff": 3.63e-7,
+                      "torch_clips_per_s": 193.34, "onnx_clips_per_s": 64.06, "onnx_speedup": 0.3313}]}
+    assert tables.onnx_parity_table(onnx).splitlines()[2] == (
+        "| supervised (SupervisedClassifier) | AudioResNet | 0.31M | yes | 3.6e-07 | 193.3 | 64.1 | 0.33x |")
+    zoo = {"results": [
+        {"encoder": "ast", "embed": {"encoder_params": 86_190_000, "embed_clips_per_s": 1.234},
+         "pipelines": {"probe": {"returncode": 0, "wall_s": 61.2, "accuracy": {"pretrained": 0.02, "random_init": 0.0}},
+                       "finetune": {"returncode": 1, "wall_s": 3.0, "accuracy": None}}},
+        {"encoder": "clap", "embed": {}, "pipelines": {"zeroshot": {"returncode": 0, "wall_s": 9.6,
+                                                                    "accuracy": {"default": 0.5}}}}]}
+    rows = tables.zoo_pipeline_check_table(zoo).splitlines()[2:]
+    assert rows == ["| ast | 86.2M | 1.23 | ran, 61 s (acc 2.0 / 0.0 %) | failed (rc 1) |",
+                    "| clap | - | - | ran, 10 s (acc 50.0 %) | - |"]
