@@ -357,7 +357,8 @@ def write_predictions(records: list[dict], stream, fmt: str, top_k: int, timelin
 
 
 # ---------------------------------------------------------------------------------------------- command
-def _positive(value: str) -> float:
+def positive_seconds(value: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
     number = float(value)
     if not (number > 0 and math.isfinite(number)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
@@ -377,9 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"or ${AUDIOSET_LABELS_ENV}), or plain indices (default: %(default)s)")
     parser.add_argument("--label-file", default=None,
                         help="class names from a CSV (display_name/name/category column) or a text file")
-    parser.add_argument("--window-seconds", type=_positive, default=None,
+    parser.add_argument("--window-seconds", type=positive_seconds, default=None,
                         help="window length (default: the model's clip length)")
-    parser.add_argument("--hop-seconds", type=_positive, default=None, help="hop between windows (default: half a window)")
+    parser.add_argument("--hop-seconds", type=positive_seconds, default=None, help="hop between windows (default: half a window)")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per file/window (default: %(default)s)")
     parser.add_argument("--timeline", action="store_true", help="also list every window's top-k")
     parser.add_argument("--format", choices=("csv", "json"), default=None,
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"audio-ssl classify: skipped {path}: {reason}", file=sys.stderr)
     files = scan.audio
     if not files:
-        raise _fail(f"no audio files found in {' '.join(args.paths)} ({_counts(0, 0, scan)})")
+        raise _fail(f"no audio files found in {' '.join(args.paths)} ({file_counts(0, 0, scan)})")
 
     records, failed = [], 0
     for path in files:
@@ -434,12 +435,12 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as stream:
             write_predictions(records, stream, fmt, top_k, args.timeline)
-    print(f"audio-ssl classify: {_counts(len(files) - failed, failed, scan)}", file=sys.stderr)
+    print(f"audio-ssl classify: {file_counts(len(files) - failed, failed, scan)}", file=sys.stderr)
     if failed:
         raise SystemExit(1)
 
 
-def _counts(classified: int, failed: int, scan: FileScan) -> str:
+def file_counts(classified: int, failed: int, scan: FileScan) -> str:
     """``"7 files: 5 classified, 2 could not be read, 1 skipped (not audio), 3 hidden (ignored)"``."""
     found = len(scan.audio) + len(scan.skipped) + len(scan.hidden)
     parts = [f"{classified} classified", f"{failed} could not be read", f"{len(scan.skipped)} skipped (not audio)"]

@@ -29,7 +29,6 @@ Bad input stops the command with status 2 and a message that names it: no labels
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +45,14 @@ from audio_ssl.models.clap import (
     load_clap,
     prompts_for,
 )
-from audio_ssl.tools.classify import _counts, classify_file, read_label_file, scan_paths, write_predictions
+from audio_ssl.tools.classify import (
+    classify_file,
+    file_counts,
+    positive_seconds,
+    read_label_file,
+    scan_paths,
+    write_predictions,
+)
 
 __all__ = ["ZeroShotScorer", "build_parser", "main", "parse_labels"]
 
@@ -98,13 +104,6 @@ def _window_for(path: Path, rate: int, window_seconds: float) -> float:
     return min(window_seconds, samples / rate)
 
 
-def _positive(value: str) -> float:
-    number = float(value)
-    if not (number > 0 and math.isfinite(number)):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
-    return number
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audio-ssl zeroshot", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--template", default=DEFAULT_TEMPLATE,
                         help="prompt per label; must contain {label} (default: %(default)r)")
     parser.add_argument("--top-k", type=int, default=5, help="labels listed per file (default: %(default)s)")
-    parser.add_argument("--window-seconds", type=_positive, default=None,
+    parser.add_argument("--window-seconds", type=positive_seconds, default=None,
                         help="window length (default and maximum: the model's clip length, 10 s for LAION-CLAP)")
-    parser.add_argument("--hop-seconds", type=_positive, default=None, help="hop between windows (default: half a window)")
+    parser.add_argument("--hop-seconds", type=positive_seconds, default=None, help="hop between windows (default: half a window)")
     parser.add_argument("--timeline", action="store_true", help="--out also lists every window's top-k")
     parser.add_argument("--out", default=None, help="also write the predictions to FILE.csv or FILE.json")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     for path, reason in scan.skipped:
         print(f"audio-ssl zeroshot: skipped {path}: {reason}", file=sys.stderr)
     if not scan.audio:
-        raise _fail(f"no audio files found in {' '.join(args.paths)} ({_counts(0, 0, scan)})")
+        raise _fail(f"no audio files found in {' '.join(args.paths)} ({file_counts(0, 0, scan)})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         scorer = ZeroShotScorer(load_clap(args.model, revision=args.revision, device=device), prompts)
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as stream:
             write_predictions(records, stream, fmt, top_k, args.timeline)
-    print(f"audio-ssl zeroshot: {_counts(len(scan.audio) - failed, failed, scan)}", file=sys.stderr)
+    print(f"audio-ssl zeroshot: {file_counts(len(scan.audio) - failed, failed, scan)}", file=sys.stderr)
     if failed:
         raise SystemExit(1)
 
