@@ -53,7 +53,14 @@ def zoo_pipeline_check_table(data: dict) -> str:
         accs = " / ".join(f"{100 * a:.1f}" for a in (record.get("accuracy") or {}).values())
         return f"ran, {record['wall_s']:.0f} s (acc {accs} %)"
 
-    header = ["encoder", "encoder parameters", "embed clips/s (5 s clips, batch 8)", "probe or zero-shot", "fine-tune"]
+    def finetune(pipes: dict) -> str:
+        fit, test = pipes.get("finetune"), pipes.get("finetune_test")
+        if not fit or fit["returncode"] != 0 or not test:
+            return run(fit)
+        return f"fit {fit['wall_s']:.0f} s, then test: " + run(test)
+
+    header = ["encoder", "encoder parameters", "embed clips/s (5 s clips, batch 8)", "probe or zero-shot",
+              "fine-tune (fit, then test)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     for r in data["results"]:
         embed, pipes = r.get("embed") or {}, r.get("pipelines") or {}
@@ -61,7 +68,7 @@ def zoo_pipeline_check_table(data: dict) -> str:
         speed = embed.get("embed_clips_per_s")
         lines.append(f"| {r['encoder']} | {f'{params / 1e6:.1f}M' if params else '-'} | "
                      f"{f'{speed:.2f}' if speed is not None else '-'} | "
-                     f"{run(pipes.get('probe') or pipes.get('zeroshot'))} | {run(pipes.get('finetune'))} |")
+                     f"{run(pipes.get('probe') or pipes.get('zeroshot'))} | {finetune(pipes)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -62,6 +62,7 @@ TINY_TOKENIZER_NOTE = ("tiny tokenizer: byte-level BPE over the 256 byte symbols
 #: Lightning overrides of the fine-tune check besides --steps (a few steps, one validation batch of 4 clips, float32
 #: on the CPU).
 #: The test loop is not limited: ``audio-ssl cv`` checks that the held-out fold's every clip was tested once.
+FINETUNE_TEST_BATCHES = 2
 FINETUNE_SETS = ("trainer.limit_val_batches=1", "data.init_args.batch_size=4",
                  "trainer.precision=32-true", "trainer.accelerator=cpu", "trainer.devices=1",
                  "data.init_args.num_workers=0", "trainer.enable_progress_bar=false")
@@ -163,21 +164,31 @@ def model_args(encoder: str, weights: Path) -> list[str]:
 
 def pipeline_commands(encoder: str, weights: Path, data_dir: Path, out: Path, max_clips: int, steps: int,
                       sets: tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """``{pipeline: argv of audio-ssl cv}`` for the encoder (probe + finetune, or zeroshot for CLAP); ``sets``:
-    extra ``--set KEY=VALUE`` items for every run."""
+    """``{pipeline: argv of audio-ssl}`` for the encoder: ``probe`` (``cv`` of the ``frozen_probe`` recipe on
+    ``max_clips`` clips per fold), ``finetune`` (``fit`` of the fine-tune recipe for ``steps`` steps, one validation
+    batch) and ``finetune_test`` (``test`` of its last.ckpt on ``FINETUNE_TEST_BATCHES`` batches of fold 1: a
+    fine-tune ``cv`` tests every clip of the fold, hours for a transformer on this CPU), or ``zeroshot`` for CLAP.
+    ``sets``: extra ``--set KEY=VALUE`` items for the ``cv`` runs and ``--KEY VALUE`` for the others."""
     common = ["--folds", "1", "--out", str(out), "--no-wandb", "--set", f"data.init_args.data_dir={data_dir}"]
     common += [part for item in sets for part in ("--set", item)]
     if kind(encoder) == "clap":
-        return {"zeroshot": ["--config", str(recipe(encoder, "zeroshot")), "--name", "clap_zeroshot", *common,
+        return {"zeroshot": ["cv", "--config", str(recipe(encoder, "zeroshot")), "--name", "clap_zeroshot", *common,
                              "--set", f"model={weights}", "--set", f"max_clips={max_clips}", "--set", "device=cpu"]}
     overrides = json.dumps(model_args(encoder, weights))
-    probe = ["--config", str(recipe(encoder, "probe")), "--name", f"{encoder}_probe", *common,
+    probe = ["cv", "--config", str(recipe(encoder, "probe")), "--name", f"{encoder}_probe", *common,
              "--pipeline-set", f"max_clips={max_clips}", "--pipeline-set", f"model_overrides={overrides}"]
-    key, value = model_args(encoder, weights)
-    finetune = ["--config", str(recipe(encoder, "finetune")), "--name", f"{encoder}_finetune", *common,
-                "--set", f"trainer.max_steps={steps}", *(p for item in FINETUNE_SETS for p in ("--set", item)),
-                "--set", f"{key[2:]}={value}"]
-    return {"probe": probe, "finetune": finetune}
+    run = out / f"{encoder}_finetune"
+    lightning = [*model_args(encoder, weights), "--data.init_args.data_dir", str(data_dir),
+                 "--data.init_args.test_fold", "1", "--run_name", f"{encoder}_finetune",
+                 "--checkpoint.dirpath", str(run / "checkpoints"), "--trainer.default_root_dir", str(run),
+                 "--trainer.logger", json.dumps([{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                                  "init_args": {"save_dir": str(run), "name": "csv"}}]),
+                 *(p for item in (*FINETUNE_SETS, *sets) for p in ("--" + item.split("=", 1)[0], item.split("=", 1)[1]))]
+    finetune = ["fit", "--config", str(recipe(encoder, "finetune")), *lightning, "--trainer.max_steps", str(steps),
+                "--checkpoint.existing_run", "overwrite"]
+    test = ["test", "--config", str(recipe(encoder, "finetune")), *lightning,
+            "--trainer.limit_test_batches", str(FINETUNE_TEST_BATCHES), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+    return {"probe": probe, "finetune": finetune, "finetune_test": test}
 
 
 def run_pipeline(argv: list[str], run_dir: Path, log: Path, threads: int | None = None,
@@ -188,7 +199,7 @@ def run_pipeline(argv: list[str], run_dir: Path, log: Path, threads: int | None 
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "audio_ssl.cli", "cv", *argv]
+    command = [sys.executable, "-m", "audio_ssl.cli", *argv]
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with log.open("w") as out:
@@ -199,7 +210,7 @@ def run_pipeline(argv: list[str], run_dir: Path, log: Path, threads: int | None 
             code = "timeout"
     wall = time.perf_counter() - start
     text = log.read_text(errors="replace")
-    record: dict[str, Any] = {"command": " ".join(["audio-ssl", "cv", *argv]), "returncode": code,
+    record: dict[str, Any] = {"command": " ".join(["audio-ssl", *argv]), "returncode": code,
                               "wall_s": wall, "results": str(run_dir), "log": str(log)}
     summary = run_dir / "summary.json"
     if summary.is_file():
@@ -207,6 +218,9 @@ def run_pipeline(argv: list[str], run_dir: Path, log: Path, threads: int | None 
         record["accuracy"] = {name: v["metrics"]["acc"]["mean"] for name, v in variants.items()}
         record["test_clips"] = {name: v.get("num_test_clips") for name, v in variants.items()}
         record["protocol"] = {name: v.get("protocol") for name, v in variants.items()}
+    tested = re.findall(r"test/acc\s*[│|]\s*([0-9.]+)", text)
+    if argv[0] == "test" and tested:
+        record["accuracy"] = {"fine-tuned": float(tested[-1])}
     if code != 0:
         record["error_tail"] = text.splitlines()[-15:]
     else:
@@ -222,8 +236,9 @@ def check_pipelines(encoder: str, weights: Path, data_dir: Path, work: Path, max
     out = work / "results"
     records = {}
     for name, argv in pipeline_commands(encoder, weights, data_dir, out, max_clips, steps, sets).items():
-        run_name = argv[argv.index("--name") + 1]
-        records[name] = run_pipeline(argv, out / run_name, work / "logs" / f"{run_name}.log", threads, timeout)
+        run_name = argv[argv.index("--name") + 1] if "--name" in argv else argv[argv.index("--run_name") + 1]
+        records[name] = run_pipeline(argv, out / run_name, work / "logs" / f"{run_name}_{argv[0]}.log", threads,
+                                     timeout)
         r = records[name]
         print(f"{encoder} {name}: return code {r['returncode']}, {r['wall_s']:.0f} s, accuracy "
               f"{r.get('accuracy')}", flush=True)
@@ -282,7 +297,9 @@ def table(rows: list[dict]) -> str:
         pipes = r.get("pipelines") or {}
         params = embed.get("encoder_params")
         body.append([r["encoder"], f"{params / 1e6:.1f}M" if params else "-", embed.get("embed_clips_per_s"),
-                     acc(pipes.get("probe") or pipes.get("zeroshot")), acc(pipes.get("finetune"))])
+                     acc(pipes.get("probe") or pipes.get("zeroshot")),
+                     acc(pipes.get("finetune_test")) if (pipes.get("finetune") or {}).get("returncode") == 0
+                     else acc(pipes.get("finetune"))])
     return format_table(body, ["encoder", "encoder params", "embed clips/s", "probe (pretrained / random) or "
                                "zero-shot acc %", "fine-tune acc %"])
 

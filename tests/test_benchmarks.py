@@ -310,8 +310,13 @@ def test_readme_tables_render_onnx_parity_and_zoo_check_rows(tmp_path):
         {"encoder": "ast", "embed": {"encoder_params": 86_190_000, "embed_clips_per_s": 1.234},
          "pipelines": {"probe": {"returncode": 0, "wall_s": 61.2, "accuracy": {"pretrained": 0.02, "random_init": 0.0}},
                        "finetune": {"returncode": 1, "wall_s": 3.0, "accuracy": None}}},
+        {"encoder": "wavlm", "embed": {"encoder_params": 94_380_000, "embed_clips_per_s": 0.5},
+         "pipelines": {"probe": {"returncode": 0, "wall_s": 30.0, "accuracy": {"pretrained": 0.0, "random_init": 0.1}},
+                       "finetune": {"returncode": 0, "wall_s": 20.4, "accuracy": None},
+                       "finetune_test": {"returncode": 0, "wall_s": 9.6, "accuracy": {"fine-tuned": 0.125}}}},
         {"encoder": "clap", "embed": {}, "pipelines": {"zeroshot": {"returncode": 0, "wall_s": 9.6,
                                                                     "accuracy": {"default": 0.5}}}}]}
     rows = tables.zoo_pipeline_check_table(zoo).splitlines()[2:]
     assert rows == ["| ast | 86.2M | 1.23 | ran, 61 s (acc 2.0 / 0.0 %) | failed (rc 1) |",
+                    "| wavlm | 94.4M | 0.50 | ran, 30 s (acc 0.0 / 10.0 %) | fit 20 s, then test: ran, 10 s (acc 12.5 %) |",
                     "| clap | - | - | ran, 10 s (acc 50.0 %) | - |"]
