@@ -10,7 +10,13 @@ do not depend on the weights) is exported with :func:`audio_ssl.export.onnx.expo
 - ``beats``: a :class:`~audio_ssl.methods.beats.BEATsClassifier` on a random BEATs checkpoint of ``--beats-size``
   (``tiny``: 3 layers x 64 wide; ``full``: the released 12 x 768 architecture), 50 classes;
 - ``efficientnet_b0``, ``resnet18_imagenet``: the model blocks of ``experiments/zoo/*_finetune.yaml`` (timm's
-  ImageNet CNNs on 128-mel log-mels) with ``pretrained: null`` (the architecture, randomly initialised).
+  ImageNet CNNs on 128-mel log-mels) with ``pretrained: null`` (the architecture, randomly initialised);
+- ``wav2vec2``, ``ast``: the model blocks of ``experiments/zoo/{wav2vec2,ast}_finetune.yaml`` (a FineTuneClassifier
+  on an :class:`~audio_ssl.models.hf_audio.HFAudioEncoder`) whose ``model`` is a folder holding transformers'
+  default config and feature extractor of the family (``Wav2Vec2Config``: wav2vec 2.0 base; ``ASTConfig``: the
+  AudioSet AST, 1024 frames of 128-bin fbank), with ``pretrained: false`` (real size, random weights); their front
+  ends export as the per-clip normalisation and the convolutional Kaldi fbank. Only with ``--kinds`` (slow: about
+  1 clip/s at 1 thread).
 
 All have ``tta_views = 1``, so the exports take any length. Clips: ``--clips`` (32) clips of ``--clip-seconds`` (5)
 at 16 kHz, the first files of ``--data-dir``'s ``meta/esc50.csv`` (real ESC-50, cropped or zero-padded), or
@@ -46,6 +52,7 @@ from common import (  # noqa: E402
 SR = 16000
 NUM_CLASSES = 50
 ZOO_RECIPES = {"efficientnet_b0": "efficientnet_b0_finetune.yaml", "resnet18_imagenet": "resnet18_imagenet_finetune.yaml"}
+HF_RECIPES = {"wav2vec2": "wav2vec2_finetune.yaml", "ast": "ast_finetune.yaml"}
 
 
 def write_checkpoint(model_block: dict, out: Path, clip_seconds: float) -> Path:
@@ -61,8 +68,12 @@ def write_checkpoint(model_block: dict, out: Path, clip_seconds: float) -> Path:
     return out
 
 
-def model_blocks(config: Path, beats_checkpoint: Path) -> dict[str, dict]:
+def model_blocks(config: Path, beats_checkpoint: Path, hf_dir: Path | None = None,
+                 kinds: list[str] | None = None) -> dict[str, dict]:
+    """Model blocks by kind (see the module docstring); the Hugging Face kinds (those of ``kinds``, default all)
+    get their default-architecture folders written under ``hf_dir`` (skipped without one)."""
     import yaml
+    from zoo_embed import write_default_architecture
 
     block = dict(yaml.safe_load(config.read_text())["model"])
     block["init_args"] = {**(block.get("init_args") or {}), "tta_views": 1}
@@ -73,6 +84,16 @@ def model_blocks(config: Path, beats_checkpoint: Path) -> dict[str, dict]:
         zoo = dict(yaml.safe_load((REPO_ROOT / "experiments" / "zoo" / recipe).read_text())["model"])
         encoder = dict(zoo["init_args"]["encoder"])
         encoder["init_args"] = {**encoder.get("init_args", {}), "pretrained": None}
+        zoo["init_args"] = {**zoo["init_args"], "encoder": encoder, "tta_views": 1}
+        blocks[kind] = zoo
+    for kind, recipe in HF_RECIPES.items():  # transformers' default architecture, random init
+        if hf_dir is None or (kinds is not None and kind not in kinds):
+            continue
+        zoo = dict(yaml.safe_load((REPO_ROOT / "experiments" / "zoo" / recipe).read_text())["model"])
+        encoder = dict(zoo["init_args"]["encoder"])
+        folder = hf_dir / f"{kind}-default"
+        write_default_architecture(str(encoder["init_args"]["model"]), folder)
+        encoder["init_args"] = {**encoder.get("init_args", {}), "model": str(folder), "pretrained": False}
         zoo["init_args"] = {**zoo["init_args"], "encoder": encoder, "tta_views": 1}
         blocks[kind] = zoo
     return blocks
@@ -141,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     kinds = ("supervised", "beats", *ZOO_RECIPES)
-    parser.add_argument("--kinds", nargs="+", choices=kinds, default=list(kinds))
+    parser.add_argument("--kinds", nargs="+", choices=(*kinds, *HF_RECIPES), default=list(kinds),
+                        help="default: all but the real-size Hugging Face kinds (wav2vec2, ast), which are slow")
     parser.add_argument("--out", default=None, help="JSON file")
     args = parser.parse_args(argv)
     quiet_lightning()
@@ -153,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="onnx-parity-") as tmp:
         tmp = Path(tmp)
         beats = make_beats_checkpoint(tmp / f"beats_{args.beats_size}.pt", size=args.beats_size)
-        blocks = model_blocks(args.config, beats)
+        blocks = model_blocks(args.config, beats, tmp, args.kinds)
         for kind in args.kinds:
             checkpoint = write_checkpoint(blocks[kind], tmp / f"{kind}.ckpt", args.clip_seconds)
             rows.append(measure(kind, checkpoint, tmp / f"{kind}.onnx", clips, args.batch, args.threads,

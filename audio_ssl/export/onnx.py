@@ -3,9 +3,10 @@ probabilities ``[batch, num_classes]`` out, front end included.
 
 Exported with ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` + onnxscript; default opset 18). The front
 end is replaced by its export-friendly twin (:mod:`audio_ssl.export.frontends`: the STFT as a convolution with a
-fixed DFT basis, equal to the FFT path to float32 rounding), since ``torch.stft`` and the per-clip Kaldi fbank do
-not export with a dynamic batch. Attention is traced with PyTorch's math SDPA kernel (the fused CPU kernel's
-output layout breaks the exporter's decomposition with a dynamic batch); the computation is the same.
+fixed DFT basis, equal to the FFT path to float32 rounding; the numpy Hugging Face feature extractors as batched
+tensor code), since ``torch.stft`` and the per-clip Kaldi fbank do not export with a dynamic batch. Attention is
+traced with PyTorch's math SDPA kernel (the fused CPU kernel's output layout breaks the exporter's decomposition
+with a dynamic batch); the computation is the same.
 
 Input length:
 
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from audio_ssl.export.frontends import ConvKaldiFbank, export_frontend
+from audio_ssl.export.frontends import ConvASTFeatures, ConvKaldiFbank, WaveformNormalize, export_frontend
 from audio_ssl.export.source import TrainedMethod, load_trained_method
 from audio_ssl.methods.base import BaseMethod
 from audio_ssl.methods.supervised import SupervisedClassifier
@@ -82,13 +83,28 @@ def supports_dynamic_length(method: BaseMethod) -> bool:
 
 def min_samples(method: BaseMethod) -> int:
     """The shortest waveform the method accepts: one patch of frames for patch encoders (BEATs, the
-    spectrogram Transformer), otherwise 2 samples."""
+    spectrogram Transformer), one fbank window for AST (its frames are padded to ``max_length``), one output
+    frame of the convolutional feature encoder for the wav2vec 2.0 family, otherwise 2 samples."""
     frontend = export_frontend(method.frontend)
+    if isinstance(frontend, ConvASTFeatures):
+        return frontend.window
+    if isinstance(frontend, WaveformNormalize):
+        return max(2, _conv_receptive_field(getattr(method.encoder, "config", None)))
     patch = getattr(method.encoder, "patch_size", None)
     frames = int(patch[-1] if isinstance(patch, tuple | list) else patch) if patch is not None else 1
     if isinstance(frontend, ConvKaldiFbank):
         return frontend.window + (frames - 1) * frontend.shift
     return max(2, (frames - 1) * int(frontend.hop_length))
+
+
+def _conv_receptive_field(config) -> int:
+    """Samples of one output frame of a wav2vec 2.0-style convolutional feature encoder (``conv_kernel``,
+    ``conv_stride`` of the config; 1 without them): 400 for wav2vec 2.0 base."""
+    samples = 1
+    for kernel, stride in reversed(list(zip(getattr(config, "conv_kernel", ()), getattr(config, "conv_stride", ()),
+                                            strict=True))):
+        samples = (samples - 1) * int(stride) + int(kernel)
+    return samples
 
 
 def max_samples(method: BaseMethod) -> int | None:
