@@ -30,7 +30,20 @@ US8K_NAME = re.compile(r"^(\d+)-(\d)-(\d+)-(\d+)\.wav$")
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's content; for audio, its format, rate, channels and samples (libsndfile stamps float WAVs
+    with the wall-clock time in their PEAK chunk, so two identical writes a second apart differ in bytes)."""
+    content = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        if p.suffix.lower() in (".wav", ".flac", ".ogg", ".aiff"):
+            info = sf.info(str(p))
+            samples, _ = sf.read(str(p), dtype="float64", always_2d=True)
+            content[str(p.relative_to(root))] = (f"{info.format}/{info.subtype}/{info.samplerate}/{info.channels}"
+                                                 .encode() + samples.tobytes())
+        else:
+            content[str(p.relative_to(root))] = p.read_bytes()
+    return content
 
 
 # ----------------------------------------------------------------------------------------------
