@@ -379,3 +379,28 @@ def test_a_file_named_twice_is_scored_once(tmp_path):
         (folder / name).write_bytes(b"")
     scan = scan_paths([folder / "a.wav", folder, tmp_path])
     assert [p.name for p in scan.audio] == ["a.wav", "b.wav"]
+
+
+def test_hop_longer_than_the_window_and_unknown_output_format_are_refused(trained, tmp_path, capsys):
+    config, checkpoint = trained
+    wave = tmp_path / "a.wav"
+    sf.write(wave, np.zeros(16000, np.float32), 16000)
+    base = ["classify", "--checkpoint", str(checkpoint), str(wave)]
+    code, _, err = exit_code_and_output(cli_main, [*base, "--window-seconds", "1", "--hop-seconds", "1.5"], capsys)
+    assert code == 2 and "--hop-seconds 1.5 is longer than the 1 s window" in err
+    code, _, err = exit_code_and_output(cli_main, [*base, "--out", str(tmp_path / "p.xlsx")], capsys)
+    assert code == 2 and "name a .csv or .json file, or give --format csv|json" in err
+
+
+def test_per_clip_metadata_gives_one_name_per_class_index(esc50_root, tmp_path):
+    import pandas as pd
+
+    from audio_ssl.tools.classify import read_label_file
+
+    meta = pd.read_csv(esc50_root / "meta" / "esc50.csv")
+    expected = meta.drop_duplicates("target").sort_values("target")["category"].tolist()
+    assert read_label_file(esc50_root / "meta" / "esc50.csv") == expected  # one row per clip, ids 0..K-1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("filename,target,category\na.wav,0,dog\nb.wav,0,cat\n")
+    with pytest.raises(ValueError, match="target 0 is named both 'dog' and 'cat'"):
+        read_label_file(bad)

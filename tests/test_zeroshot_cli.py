@@ -130,6 +130,8 @@ def test_a_missing_file_is_named_and_the_others_still_scored(hub, recordings, tm
     (["--labels", "dog", "--labels-file", "x.txt"], "exactly one of --labels"),
     (["--labels-file", "nowhere.txt"], "nowhere.txt: label file does not exist"),
     (["--labels", "dog", "--window-seconds", "2"], "--window-seconds 2 is longer than the 1 s"),
+    (["--labels", "dog", "--hop-seconds", "2"], "--hop-seconds 2 is longer than the 1 s window"),
+    (["--labels", "dog", "--out", "x.xlsx"], "--out x.xlsx: name a .csv or .json file"),
 ])
 def test_bad_input_is_named(hub, recordings, capsys, args, message):
     _, short, _ = recordings

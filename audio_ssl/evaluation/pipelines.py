@@ -101,9 +101,35 @@ RANDOM_METHOD = "none (random init)"
 @register_pipeline("lightning")
 def lightning_task(context: FoldContext) -> dict[str, FoldOutput]:
     """A plain Lightning YAML: fit on the training folds, test the final weights on the held-out fold."""
+    refuse_non_classifier([context.config_path, *context.overlays])
     args = lightning_args(context, [context.config_path, *context.overlays], context.work_dir, stage="fit")
     _, output = fit_and_test(args + list(context.overrides), context.work_dir, label="fit")
     return {DEFAULT_VARIANT: output}
+
+
+def refuse_non_classifier(configs: list[Path]) -> None:
+    """Raise ValueError before any training when the stacked Lightning YAMLs build a method that does not classify
+    (``classifies = False``: SimCLR, BYOL-A, masked prediction): the fold's test would have nothing to score."""
+    import importlib
+
+    import yaml
+
+    class_path, source = None, None
+    for path in configs:
+        model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
+        if isinstance(model, dict) and isinstance(model.get("class_path"), str):
+            class_path, source = model["class_path"], path
+    if class_path is None or "." not in class_path:
+        return
+    module, _, name = class_path.rpartition(".")
+    try:
+        method = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return  # the Lightning CLI names a wrong class path itself
+    if getattr(method, "classifies", True) is False:
+        raise ValueError(f"{source}: {name} does not classify (classifies = False), so a fold has nothing to test: "
+                         f"evaluate it with its pretrain-then-probe pipeline (e.g. experiments/"
+                         f"{Path(source).stem}_probe.yaml, pipeline: pretrain_probe)")
 
 
 def check_pipeline_config(config: dict, pipeline: str, source: str = "<config>") -> None:

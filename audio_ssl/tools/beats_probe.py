@@ -26,6 +26,14 @@ from audio_ssl.evaluation.probe import ProbeConfig, load_probe_config
 from audio_ssl.utils.io import atomic_write
 
 
+def _folds(value: str) -> list[int]:
+    """argparse type: ``1,2`` or ``3`` -> fold numbers."""
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"folds are integers such as 1,2 or 1 2, got {value!r}") from None
+
+
 def from_lightning_yaml(path: Path) -> tuple[dict, dict]:
     """``(model init_args, data block)`` of a Lightning experiment YAML; ``ValueError`` naming the file otherwise."""
     config = yaml.safe_load(path.read_text())
@@ -34,7 +42,7 @@ def from_lightning_yaml(path: Path) -> tuple[dict, dict]:
     return dict(config["model"].get("init_args") or {}), dict(config["data"])
 
 
-def main(argv: list[str] | None = None) -> dict[int, dict[str, FoldOutput]]:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m audio_ssl.tools.beats_probe",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=None,
@@ -44,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, FoldOutput]]:
     parser.add_argument("--data-dir", default=None, help="dataset folder (overrides the config's data_dir)")
     parser.add_argument("--dataset", default="audio_ssl.data.ESC50DataModule",
                         help="data module class path when no --config is given")
-    parser.add_argument("--folds", type=int, nargs="+", default=None, help="held-out folds (default: all)")
+    parser.add_argument("--folds", type=_folds, nargs="+", default=None,
+                        help="held-out folds, e.g. 1,2 or 1 2 (default: all)")
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="hidden states to concatenate")
     parser.add_argument("--probe", default=None,
                         help="probe settings YAML, e.g. experiments/linear_probe.yaml (default: ProbeConfig())")
@@ -56,6 +65,11 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, FoldOutput]]:
     parser.add_argument("--feature-cache-dir", default=None, help=f"default: {default_feature_dir()}")
     parser.add_argument("--cache-dir", default=None, help="waveform cache directory")
     parser.add_argument("--out", type=Path, default=None, help="write metrics and descriptions as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[int, dict[str, FoldOutput]]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -77,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, FoldOutput]]:
     probe = load_probe_config(args.probe)
     if args.C is not None:
         probe = ProbeConfig(**{**asdict(probe), "C": args.C if len(args.C) > 1 else args.C[0]})
+    if args.folds is not None:
+        args.folds = [fold for group in args.folds for fold in group]
     datamodule = build_datamodule(data, (args.folds or [1])[0])
     layers = args.layers if args.layers is not None else model_args.get("layers")
     outputs = run_beats_probe(checkpoint, datamodule, args.folds, layers=layers, probe=probe,

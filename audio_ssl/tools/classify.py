@@ -192,19 +192,40 @@ def load_classifier(config_path: str | os.PathLike | None, checkpoint_path: str 
 # ---------------------------------------------------------------------------------------------- labels
 def read_label_file(path: str | os.PathLike) -> list[str]:
     """Class names from a CSV with a ``display_name``, ``name`` or ``category`` column (AudioSet's
-    ``class_labels_indices.csv`` works as is; rows in index order) or from a text file, one name a line."""
+    ``class_labels_indices.csv`` works as is; rows in index order), from per-clip dataset metadata (ESC-50's
+    ``esc50.csv``: ``target`` + ``category``; UrbanSound8K's: ``classID`` + ``class``; one name per index), or from a
+    text file, one name a line."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: label file does not exist")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".csv":
         rows = list(csv.DictReader(io.StringIO(text)))
+        for index, column in (("target", "category"), ("classID", "class")):  # ESC-50 / UrbanSound8K metadata
+            if rows and index in rows[0] and column in rows[0]:
+                return _names_by_index(rows, index, column, path)
         for column in ("display_name", "name", "category"):
             if rows and column in rows[0]:
                 return [row[column] for row in rows]
         columns = list(rows[0]) if rows else []
         raise ValueError(f"{path}: no display_name/name/category column (found {columns})")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _names_by_index(rows: list[dict], index: str, column: str, path: Path) -> list[str]:
+    """Class names in index order from per-clip metadata (one row per clip: ``index`` = class id, ``column`` = its
+    name). Raises ValueError naming the file when an id has two names or the ids are not 0..K-1."""
+    names: dict[int, str] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            key = int(row[index])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}:{line}: {index} {row[index]!r} is not a class index") from None
+        if names.setdefault(key, row[column]) != row[column]:
+            raise ValueError(f"{path}:{line}: {index} {key} is named both {names[key]!r} and {row[column]!r}")
+    if sorted(names) != list(range(len(names))):
+        raise ValueError(f"{path}: the {index} values are not 0..{len(names) - 1} (found {sorted(names)[:10]}...)")
+    return [names[k] for k in range(len(names))]
 
 
 def class_names_for(labels: str, label_file: str | None, bundle: ClassifierBundle) -> list[str]:
@@ -398,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         raise _fail(f"--top-k ({args.top_k}) and --batch-size ({args.batch_size}) must be >= 1")
+    if args.format is None and args.out != "-" and Path(args.out).suffix.lower() not in (".csv", ".json"):
+        raise _fail(f"--out {args.out}: name a .csv or .json file, or give --format csv|json")
     fmt = args.format or ("json" if args.out.lower().endswith(".json") else "csv")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -410,6 +433,9 @@ def main(argv: list[str] | None = None) -> None:
         raise _fail(str(err)) from None
     window_seconds = args.window_seconds or bundle.clip_seconds
     hop_seconds = args.hop_seconds or window_seconds / 2
+    if hop_seconds > window_seconds:
+        raise _fail(f"--hop-seconds {hop_seconds:g} is longer than the {window_seconds:g} s window: the audio between "
+                    "windows would never be classified")
     top_k = min(args.top_k, bundle.num_classes)
     scan = scan_paths(args.paths)
     for path, reason in scan.skipped:

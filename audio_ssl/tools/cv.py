@@ -2,7 +2,7 @@
 
     audio-ssl cv --config experiments/supervised_cpu.yaml [--folds 1,2,3,4,5] [--name NAME] [--out results]
                  [--set trainer.max_epochs=3 ...] [--no-wandb] [extra Lightning CLI args, e.g. --trainer.max_epochs 3]
-    audio-ssl cv --config experiments/simclr.yaml --config experiments/cpu/simclr.yaml   # a recipe + its size
+    audio-ssl cv --config experiments/supervised_resnet34.yaml --config my_overlay.yaml   # a recipe + an overlay
     audio-ssl cv --config experiments/simclr_probe.yaml --pipeline-set size=cpu [--pipeline-set transductive=true]
     audio-ssl cv --analyze-only NAME [--out results]
 

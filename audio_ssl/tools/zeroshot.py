@@ -151,6 +151,11 @@ def main(argv: list[str] | None = None) -> None:
         raise _fail(f"--window-seconds {args.window_seconds:g} is longer than the {longest:g} s {args.model} "
                     "sees at once")
     window_seconds = args.window_seconds or longest
+    if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
+        raise _fail(f"--out {args.out}: name a .csv or .json file")
+    if args.hop_seconds is not None and args.hop_seconds > window_seconds:
+        raise _fail(f"--hop-seconds {args.hop_seconds:g} is longer than the {window_seconds:g} s window: the audio "
+                    "between windows would never be scored")
     top_k = min(args.top_k, len(labels))
 
     records, failed = [], 0

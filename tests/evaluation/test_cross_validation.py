@@ -330,3 +330,16 @@ def test_shipped_probe_pipelines_take_every_size():
         sized = run_config.apply_pipeline_set(config, ["size=cpu", "transductive=true"],
                                               PIPELINE_KEYS["pretrain_probe"], str(path))
         assert run_config.stage_configs(sized, "pretrain", path) == [recipe, experiments / "cpu" / recipe.name]
+
+
+def test_a_self_supervised_recipe_alone_is_refused_before_training(tmp_path, esc50_root, cache_dir, capsys):
+    from audio_ssl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cv", "--config", str(ROOT / "experiments" / "simclr.yaml"), "--config",
+              str(ROOT / "experiments" / "cpu" / "simclr.yaml"), "--folds", "1", "--out", str(tmp_path / "results"),
+              "--no-wandb", "--set", f"data.init_args.data_dir={esc50_root}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "SimCLR does not classify" in err and "simclr_probe.yaml" in err
+    assert not list((tmp_path / "results").rglob("*.ckpt"))  # nothing was trained

@@ -240,3 +240,12 @@ def test_probe_under_two_ranks_equals_one_process_and_writes_the_cache_once(tiny
         np.testing.assert_allclose(result["predictions"]["top1_prob"], single.predictions["top1_prob"], rtol=1e-6)
     assert [r["embed_calls"] for r in results][1] == 0  # rank 1 waits for rank 0's result
     assert len(list(tmp_path.glob("ddp-*.npz"))) == 5 and not list(tmp_path.glob("*tmp*"))  # one file per fold
+
+
+def test_beats_probe_folds_accept_commas_and_spaces():
+    from audio_ssl.tools.beats_probe import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--checkpoint", "x.pt", "--folds", "1,2", "4"]).folds == [[1, 2], [4]]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--checkpoint", "x.pt", "--folds", "one"])
