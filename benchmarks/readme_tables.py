@@ -31,13 +31,15 @@ def serve_load_table(data: dict) -> str:
 
 def onnx_parity_table(data: dict) -> str:
     """One row per exported classifier of ``onnx_parity.py --out``: parity and throughput, ONNX against PyTorch."""
-    header = ["classifier", "encoder", "parameters", "dynamic length", "max abs diff of probabilities",
-              "PyTorch clips/s", "onnxruntime clips/s", "onnxruntime / PyTorch"]
+    header = ["classifier", "encoder", "parameters", "dynamic length", "clips x repeats",
+              "max abs diff of probabilities", "PyTorch clips/s", "onnxruntime clips/s", "onnxruntime / PyTorch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    args = data.get("args", {})
     for r in data["runs"]:
         lines.append(f"| {r['kind']} ({r['method']}) | {r['encoder']} | {r['parameters'] / 1e6:.2f}M | "
-                     f"{'yes' if r['dynamic_length'] else 'no'} | {r['max_abs_diff']:.1e} | "
-                     f"{r['torch_clips_per_s']:.1f} | {r['onnx_clips_per_s']:.1f} | {r['onnx_speedup']:.2f}x |")
+                     f"{'yes' if r['dynamic_length'] else 'no'} | {args.get('clips', '?')} x {args.get('repeats', '?')} | "
+                     f"{r['max_abs_diff']:.1e} | {r['torch_clips_per_s']:.1f} | {r['onnx_clips_per_s']:.1f} | "
+                     f"{r['onnx_speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -79,10 +81,11 @@ RENDERERS = {"serve_load": serve_load_table, "onnx_parity": onnx_parity_table,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=sorted(RENDERERS))
-    parser.add_argument("result", type=Path, help="the benchmark's JSON output")
+    parser.add_argument("result", type=Path, nargs="+", help="the benchmark's JSON output (several: rows in order)")
     parser.add_argument("--readme", type=Path, default=None)
     args = parser.parse_args(argv)
-    table = RENDERERS[args.kind](json.loads(args.result.read_text()))
+    tables = [RENDERERS[args.kind](json.loads(path.read_text())) for path in args.result]
+    table = tables[0] + "".join(t.split("\n", 2)[2] for t in tables[1:])  # one header, every file's rows
     if args.readme is None:
         print(table, end="")
         return

@@ -301,11 +301,20 @@ def test_readme_tables_render_onnx_parity_and_zoo_check_rows(tmp_path):
                                                   Path(__file__).parents[1] / "benchmarks" / "readme_tables.py")
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
-    onnx = {"runs": [{"kind": "supervised", "method": "SupervisedClassifier", "encoder": "AudioResNet",
+    onnx = {"args": {"clips": "32", "repeats": "5"}, "runs": [{"kind": "supervised", "method": "SupervisedClassifier", "encoder": "AudioResNet",
                       "parameters": 314338, "dynamic_length": True, "max_abs_diff": 3.63e-7,
                       "torch_clips_per_s": 193.34, "onnx_clips_per_s": 64.06, "onnx_speedup": 0.3313}]}
     assert tables.onnx_parity_table(onnx).splitlines()[2] == (
-        "| supervised (SupervisedClassifier) | AudioResNet | 0.31M | yes | 3.6e-07 | 193.3 | 64.1 | 0.33x |")
+        "| supervised (SupervisedClassifier) | AudioResNet | 0.31M | yes | 32 x 5 | 3.6e-07 | 193.3 | 64.1 | 0.33x |")
+    import json as json_module
+
+    (tmp_path / "a.json").write_text(json_module.dumps(onnx))
+    (tmp_path / "b.json").write_text(json_module.dumps({**onnx, "args": {"clips": "8", "repeats": "2"}}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:onnx_parity -->\n<!-- /results:onnx_parity -->\n")
+    tables.main(["onnx_parity", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--readme", str(readme)])
+    body = readme.read_text().splitlines()
+    assert len(body) == 6 and body[1].startswith("| classifier") and "| 32 x 5 |" in body[3] and "| 8 x 2 |" in body[4]
     zoo = {"results": [
         {"encoder": "ast", "embed": {"encoder_params": 86_190_000, "embed_clips_per_s": 1.234},
          "pipelines": {"probe": {"returncode": 0, "wall_s": 61.2, "accuracy": {"pretrained": 0.02, "random_init": 0.0}},
