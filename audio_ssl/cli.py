@@ -506,7 +506,7 @@ _NOISE = re.compile(r"^(Subtypes:|Given value type:|Given value:|Errors:|Does no
 def short_error(message: str) -> str:
     """A jsonargparse error on one line: the nested 'Parser key ...' chain without the union bookkeeping."""
     lines = [line.strip() for line in message.splitlines()]
-    kept = [line.lstrip("- ").strip() for line in lines if line and not _NOISE.match(line)]
+    kept = [re.sub(r"^(- )+", "", line).strip() for line in lines if line and not _NOISE.match(line)]
     return " ".join(kept) or message.strip()
 
 

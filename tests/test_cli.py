@@ -446,3 +446,10 @@ def test_fit_refuses_a_pipeline_config(monkeypatch, tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{path} is a pipeline config" in err and f"run it with audio-ssl cv --config {path}" in err
         assert len(err.strip().splitlines()) == 2  # the message and the pointer to --help
+
+
+def test_short_error_keeps_the_dashes_of_an_option_that_starts_the_message():
+    from audio_ssl.cli import short_error
+
+    assert short_error("--test-fold 7 is out of range") == "--test-fold 7 is out of range"
+    assert short_error("Parser key 'x':\n  - Expected an int\n  - - nested") == "Parser key 'x': Expected an int nested"
