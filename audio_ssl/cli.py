@@ -196,7 +196,7 @@ class AudioSSLCLI(LightningCLI):
                 check_not_pipeline_config(argv)
                 check_linked_not_set(argv)
             except ValueError as err:
-                command = next((a for a in argv if a in self.subcommands()), None)
+                command = next((a for a in argv if a in self.subcommands()), None) or _CURRENT_TOOL
                 prog = f"audio-ssl {command}" if command else "audio-ssl"
                 sys.stderr.write(f"{prog}: error: {err}\nsee {prog} --help\n")
                 raise SystemExit(2) from None
@@ -215,7 +215,7 @@ class AudioSSLCLI(LightningCLI):
                 self.config = parser.parse_args(args)
         except ArgumentError as err:
             argv = list(sys.argv[1:] if args is None else args)
-            command = next((a for a in argv if a in self.subcommands()), None)
+            command = next((a for a in argv if a in self.subcommands()), None) or _CURRENT_TOOL
             prog = f"audio-ssl {command}" if command else "audio-ssl"
             sys.stderr.write(f"{prog}: error: {short_error(str(err))}\nsee {prog} --help\n")
             raise SystemExit(2) from None
@@ -525,6 +525,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AudioSSLCLI:
     )
 
 
+_CURRENT_TOOL: str | None = None
+"""The project tool running now (``cv``, ``probe``...), which builds Lightning CLIs without a subcommand: their
+argument errors name ``audio-ssl <tool>``."""
+
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES})
 """Write errors reported by :func:`main` in one line (full disk, read-only file system, quota, permissions)."""
 
@@ -554,7 +558,12 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] in TOOLS:
         import importlib
 
-        importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        global _CURRENT_TOOL
+        _CURRENT_TOOL = argv[0]
+        try:
+            importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        finally:
+            _CURRENT_TOOL = None
         return
     if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         sys.stderr.write(f"audio-ssl: error: unknown command {argv[0]!r}; the commands are "
