@@ -373,3 +373,15 @@ def test_pipeline_set_is_checked_before_anything_is_written(tmp_path, monkeypatc
         err = capsys.readouterr().err
         assert all(m in err for m in messages), err
         assert not (tmp_path / "results").exists(), argv
+
+
+def test_a_lightning_argument_error_inside_cv_names_audio_ssl_cv(tmp_path, esc50_root, cache_dir, monkeypatch, capsys):
+    from audio_ssl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cv", "--config", str(SUPERVISED), "--folds", "1", "--no-wandb", "--no-analysis",
+              "--set", "trainer.max_epochz=1", *tiny_cv_overrides(esc50_root, cache_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "audio-ssl cv: error:" in err and "max_epochz" in err and "see audio-ssl cv --help" in err
