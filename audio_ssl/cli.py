@@ -12,7 +12,7 @@ first ``--config`` file. More ``--config`` files stack on a recipe, later values
 (``--config experiments/simclr.yaml --config experiments/cpu/simclr.yaml``) states only what the size changes and
 names the run ``simclr_cpu`` (:func:`stacked_name`). Values stated once are linked at parse time (:data:`LINKED`):
 the data's ``sample_rate`` is the model's and its front end's, a spectrogram encoder's ``n_mels`` is its front
-end's; setting a linked value by hand is refused.
+end's, and the model's ``num_classes`` is the data's (at instantiation); setting a linked value by hand is refused.
 
 Project tools (own argument parsers): ``demo`` (synthetic data, end to end), ``cv`` (k-fold cross-validation),
 ``results`` (Markdown table of CV summaries), ``probe`` (linear probe on a checkpoint), ``classify`` (any audio
@@ -193,9 +193,10 @@ class AudioSSLCLI(LightningCLI):
         name = run_name_from_args(argv) if argv is not None else None
         if argv is not None:
             try:
+                check_not_pipeline_config(argv)
                 check_linked_not_set(argv)
             except ValueError as err:
-                command = next((a for a in argv if a in self.subcommands()), None)
+                command = next((a for a in argv if a in self.subcommands()), None) or _CURRENT_TOOL
                 prog = f"audio-ssl {command}" if command else "audio-ssl"
                 sys.stderr.write(f"{prog}: error: {err}\nsee {prog} --help\n")
                 raise SystemExit(2) from None
@@ -214,7 +215,7 @@ class AudioSSLCLI(LightningCLI):
                 self.config = parser.parse_args(args)
         except ArgumentError as err:
             argv = list(sys.argv[1:] if args is None else args)
-            command = next((a for a in argv if a in self.subcommands()), None)
+            command = next((a for a in argv if a in self.subcommands()), None) or _CURRENT_TOOL
             prog = f"audio-ssl {command}" if command else "audio-ssl"
             sys.stderr.write(f"{prog}: error: {short_error(str(err))}\nsee {prog} --help\n")
             raise SystemExit(2) from None
@@ -345,6 +346,29 @@ A target absent from the chosen classes (an encoder without ``n_mels``) is skipp
 refused (:func:`check_linked_not_set`): jsonargparse would overwrite it without a word."""
 
 
+INSTANTIATE_LINKED = (("data.num_classes", "model.init_args.num_classes"),)
+"""Values copied when the classes are instantiated: the model's ``num_classes`` is the data module's number of
+classes. Setting the target by hand is refused like a :data:`LINKED` one."""
+
+
+def check_not_pipeline_config(argv: list[str]) -> None:
+    """Raise ValueError when a ``--config`` file is a pipeline config (a top-level ``pipeline:`` key), which only
+    ``audio-ssl cv`` runs."""
+    import yaml
+
+    for value in _option_values(argv, "--config"):
+        path = Path(value)
+        if value.lstrip().startswith(("{", "[")) or not path.is_file():
+            continue
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            continue
+        if isinstance(config, dict) and "pipeline" in config:
+            raise ValueError(f"{path} is a pipeline config (pipeline: {config['pipeline']}), not a Lightning YAML: "
+                             f"run it with audio-ssl cv --config {path}")
+
+
 def _nested(mapping, dotted: str):
     """``mapping['a']['b']`` for ``'a.b'``; ``KeyError`` when a level is missing or not a mapping."""
     for part in dotted.split("."):
@@ -372,6 +396,21 @@ def check_linked_not_set(argv: list[str]) -> None:
     for source, target in links:
         if any(a == f"--{target}" or a.startswith(f"--{target}=") for a in argv):
             raise ValueError(f"--{target} is linked to {source} (stated once): set --{source} instead")
+    for source, target in INSTANTIATE_LINKED:
+        if any(a == f"--{target}" or a.startswith(f"--{target}=") for a in argv):
+            raise ValueError(f"--{target} is linked to {source} (the data module's number of classes): remove it; "
+                             "the model gets the data's classes")
+    for option, value in _option_pairs(argv):
+        for source, target in [*links, *INSTANTIATE_LINKED]:
+            if not target.startswith(option + ".") or not value.lstrip().startswith("{"):
+                continue
+            try:
+                parsed = yaml.safe_load(value)
+                _nested(parsed, target[len(option) + 1:])
+            except (yaml.YAMLError, KeyError):
+                continue
+            raise ValueError(f"--{option} sets {target}, which is linked to {source} (stated once): remove it "
+                             f"from --{option} and set {source}")
     for path, config in configs:
         for source, target in links:
             try:
@@ -379,6 +418,27 @@ def check_linked_not_set(argv: list[str]) -> None:
             except KeyError:
                 continue
             raise ValueError(f"{path}: {target} is linked to {source} (stated once): remove it and set {source}")
+        for source, target in INSTANTIATE_LINKED:
+            try:
+                _nested(config, target)
+            except KeyError:
+                continue
+            raise ValueError(f"{path}: {target} is linked to {source} (the data module's number of classes): "
+                             "remove it; the model gets the data's classes")
+
+
+def _option_pairs(argv: list[str]) -> list[tuple[str, str]]:
+    """``(key, value)`` of every ``--key value`` and ``--key=value`` in a command line (``key`` without dashes)."""
+    pairs = []
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        key, sep, value = arg[2:].partition("=")
+        if sep:
+            pairs.append((key, value))
+        elif i + 1 < len(argv):
+            pairs.append((key, argv[i + 1]))
+    return pairs
 
 
 def _link_source_exists(source: str, configs: list, argv: list[str]) -> bool:
@@ -446,7 +506,7 @@ _NOISE = re.compile(r"^(Subtypes:|Given value type:|Given value:|Errors:|Does no
 def short_error(message: str) -> str:
     """A jsonargparse error on one line: the nested 'Parser key ...' chain without the union bookkeeping."""
     lines = [line.strip() for line in message.splitlines()]
-    kept = [line.lstrip("- ").strip() for line in lines if line and not _NOISE.match(line)]
+    kept = [re.sub(r"^(- )+", "", line).strip() for line in lines if line and not _NOISE.match(line)]
     return " ".join(kept) or message.strip()
 
 
@@ -464,6 +524,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> AudioSSLCLI:
         auto_configure_optimizers=False,
     )
 
+
+_CURRENT_TOOL: str | None = None
+"""The project tool running now (``cv``, ``probe``...), which builds Lightning CLIs without a subcommand: their
+argument errors name ``audio-ssl <tool>``."""
 
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES})
 """Write errors reported by :func:`main` in one line (full disk, read-only file system, quota, permissions)."""
@@ -494,7 +558,12 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] in TOOLS:
         import importlib
 
-        importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        global _CURRENT_TOOL
+        _CURRENT_TOOL = argv[0]
+        try:
+            importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        finally:
+            _CURRENT_TOOL = None
         return
     if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         sys.stderr.write(f"audio-ssl: error: unknown command {argv[0]!r}; the commands are "

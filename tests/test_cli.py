@@ -408,3 +408,48 @@ def test_run_folders_follow_one_name(capsys, monkeypatch, tmp_path):
     assert run_name_from_args(["fit", "--config=a/b.yaml", "--config", "c.yaml"]) == "b"
     assert run_name_from_args(["fit", "--config=a/b.yaml", "--config", "a/cpu/b.yaml"]) == "b_cpu"
     assert _with_run_name({"x": ["runs/{run_name}"]}, "n") == {"x": ["runs/n"]}
+
+
+def test_num_classes_and_json_forms_of_linked_values_are_refused(monkeypatch, tmp_path, capsys):
+    """num_classes is linked from the data module at instantiation: setting it (option or file) is refused, and a
+    linked value inside a JSON/YAML mapping given to a parent option is refused like the dotted form."""
+    monkeypatch.chdir(tmp_path)
+    recipe = ROOT / "experiments" / "supervised_cpu.yaml"
+    overlay = tmp_path / "classes.yaml"
+    overlay.write_text("model:\n  init_args:\n    num_classes: 10\n")
+    for extra, message in (
+            (["--model.init_args.num_classes", "10"],
+             "--model.init_args.num_classes is linked to data.num_classes"),
+            (["--model.init_args.num_classes=10"], "--model.init_args.num_classes is linked to data.num_classes"),
+            (["--config", str(overlay)], f"{overlay}: model.init_args.num_classes is linked to data.num_classes"),
+            (["--model.init_args.frontend", '{"init_args": {"sample_rate": 22050}}'],
+             "--model.init_args.frontend sets model.init_args.frontend.init_args.sample_rate, which is linked to "
+             "data.init_args.sample_rate"),
+            (["--model.init_args", '{"num_classes": 10}'],
+             "--model.init_args sets model.init_args.num_classes, which is linked to data.num_classes")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(recipe), *extra, "--print_config"])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err, extra
+
+
+def test_fit_refuses_a_pipeline_config(monkeypatch, tmp_path, capsys):
+    """A pipeline YAML (top-level ``pipeline:``) given to a Lightning command says to run it with audio-ssl cv."""
+    monkeypatch.chdir(tmp_path)
+    zoo = ROOT / "experiments" / "zoo" / "clap_zeroshot.yaml"
+    mine = tmp_path / "p.yaml"
+    mine.write_text("pipeline: pretrain_probe\npretrain: x.yaml\n")
+    for path in (zoo, mine):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(path)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{path} is a pipeline config" in err and f"run it with audio-ssl cv --config {path}" in err
+        assert len(err.strip().splitlines()) == 2  # the message and the pointer to --help
+
+
+def test_short_error_keeps_the_dashes_of_an_option_that_starts_the_message():
+    from audio_ssl.cli import short_error
+
+    assert short_error("--test-fold 7 is out of range") == "--test-fold 7 is out of range"
+    assert short_error("Parser key 'x':\n  - Expected an int\n  - - nested") == "Parser key 'x': Expected an int nested"

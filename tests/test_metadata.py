@@ -142,6 +142,10 @@ def test_probe_from_the_checkpoint_alone_warns_about_seen_folds(fitted, esc50_ro
                                "--cache-dir", str(cache_dir)], capsys)
     assert code == 0 and json.loads(out)["pretraining_saw_test_fold"] is True
     assert "saw test fold 2" in err and "train folds [1, 2, 3, 4]" in err
+    # a fold the dataset does not have: --test-fold named, not the checkpoint
+    code, _, err = run_main(["probe", "--checkpoint", ckpt, "--test-fold", "7"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--test-fold 7 is out of range" in err and "folds 1..5" in err and "cannot rebuild" not in err
     # a missing data folder: one line that says how to point at it (not a class-count mismatch)
     code, _, err = run_main(["probe", "--checkpoint", ckpt, "--data-dir", str(tmp_path / "none")], capsys)
     assert code == 2 and "--data-dir" in err and str(tmp_path / "none") in err and "--encoder-only" not in err

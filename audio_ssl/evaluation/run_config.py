@@ -34,11 +34,12 @@ def load_config(path: str | os.PathLike) -> dict:
     return config
 
 
-def resolve_path(config: dict, key: str, config_path: Path | None, required: bool = True) -> Path | None:
+def resolve_path(config: dict, key: str, config_path: Path | None, required: bool = True,
+                 source: str | None = None) -> Path | None:
     """``config[key]`` as an existing file, relative to the folder of ``config_path`` (the file the config came
-    from; ``None``: the working directory)."""
+    from; ``None``: the working directory). Errors name ``source`` (default: ``config_path``)."""
     value = config.get(key)
-    source = str(config_path) if config_path is not None else "<config>"
+    source = source or (str(config_path) if config_path is not None else "<config>")
     if value is None:
         if required:
             raise ValueError(f"{source}: the pipeline needs a '{key}:' entry (a path to a Lightning YAML)")
@@ -58,12 +59,13 @@ def size_overlay(recipe: Path, size: str) -> Path:
     return recipe.parent / size / recipe.name
 
 
-def stage_configs(config: dict, key: str, config_path: Path | None, required: bool = True) -> list[Path]:
+def stage_configs(config: dict, key: str, config_path: Path | None, required: bool = True,
+                  source: str | None = None) -> list[Path]:
     """The Lightning YAMLs of a pipeline stage, in ``--config`` order: ``config[key]`` (one path or a list: a recipe
     then overlays, relative to the folder of ``config_path``), then, with ``size: NAME``, the recipe's size overlay
     (:func:`size_overlay`) unless the list already names it. ``[]`` when the key is absent and not ``required``.
-    Raises ValueError/FileNotFoundError naming the file, the key and the value."""
-    source = str(config_path) if config_path is not None else "<config>"
+    Raises ValueError/FileNotFoundError naming ``source`` (default: the file), the key and the value."""
+    source = source or (str(config_path) if config_path is not None else "<config>")
     value = config.get(key)
     if value is None and not required:
         return []
@@ -71,7 +73,7 @@ def stage_configs(config: dict, key: str, config_path: Path | None, required: bo
     if value is None or not items or not all(isinstance(v, str) for v in items):
         raise ValueError(f"{source}: '{key}' must be a path to a Lightning YAML or a list of them (a recipe, then "
                          f"overlays), got {value!r}")
-    paths = [resolve_path({key: item}, key, config_path) for item in items]
+    paths = [resolve_path({key: item}, key, config_path, source=source) for item in items]
     size = config.get("size")
     if size is not None:
         if not isinstance(size, str) or not size or "/" in size:

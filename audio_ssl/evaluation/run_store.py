@@ -70,6 +70,9 @@ class RunRecord:
     overrides: list[str]
     fingerprint: str
     num_folds: int
+    config: dict | None = None
+    """The pipeline config as run (after ``--pipeline-set``), to say what differs when a re-run is refused."""
+    pipeline_set: list[str] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- descriptions
@@ -106,16 +109,51 @@ def open_run(run_dir: Path, record: RunRecord) -> None:
         # A folder where nothing was trained yet (e.g. a run stopped by a typo in an override) is simply reused.
         trained = [p for p in Path(run_dir).glob("fold*/**/*.ckpt")] + list(Path(run_dir).glob("fold*/result.json"))
         if previous.get("fingerprint") != record.fingerprint and trained:
-            before, now = previous.get("overrides") or [], list(record.overrides)
-            changes = [f"config {previous.get('config_file')} -> {record.config_file}"] if (
-                previous.get("config_file") != record.config_file) else []
-            changes += [f"overrides only there: {[a for a in before if a not in now]}",
-                        f"overrides only now: {[a for a in now if a not in before]}"]
-            raise ValueError(
-                f"{run_dir} holds a CV run of a different config or overrides ({'; '.join(changes)}; or the "
-                f"config file's contents changed); use another --name, or delete that folder to start again")
+            raise ValueError(f"{run_dir} holds a CV run of a different setup: {'; '.join(run_differences(previous, record))}. "
+                             f"Use another --name, or delete {run_dir} to start this run again")
     with atomic_write(path, "w") as fh:
-        json.dump(dataclasses.asdict(record), fh, indent=2)
+        json.dump(dataclasses.asdict(record), fh, indent=2, default=str)
+
+
+def override_values(overrides) -> dict[str, str]:
+    """``{"trainer.max_epochs": "3"}`` of Lightning override arguments (``--key value`` or ``--key=value``); a
+    flag without a value maps to ``""``."""
+    values: dict[str, str] = {}
+    items = [str(a) for a in overrides or []]
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        key, sep, value = arg.lstrip("-").partition("=")
+        if not sep and i + 1 < len(items) and not items[i + 1].startswith("--"):
+            value, i = items[i + 1], i + 1
+        values[key] = value
+        i += 1
+    return values
+
+
+def run_differences(previous: dict, record: RunRecord) -> list[str]:
+    """What differs between a run folder's ``run.json`` (``previous``) and the run asked for now, key by key:
+    the config file, the pipeline keys (``--pipeline-set`` included), the ``--set``/Lightning overrides."""
+    changes = []
+    if previous.get("config_file") != record.config_file:
+        changes.append(f"config file {previous.get('config_file')} there, {record.config_file} now")
+    before_config, now_config = previous.get("config"), record.config
+    if isinstance(before_config, dict) and isinstance(now_config, dict):
+        now_config = json.loads(json.dumps(now_config, default=str))  # as run.json stores it
+        for key in sorted(set(before_config) | set(now_config)):
+            there, now = before_config.get(key, "<unset>"), now_config.get(key, "<unset>")
+            if there != now:
+                changes.append(f"pipeline key {key}: {there!r} there, {now!r} now")
+    before, now = override_values(previous.get("overrides")), override_values(record.overrides)
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            there = repr(before[key]) if key in before else "<unset>"
+            here = repr(now[key]) if key in now else "<unset>"
+            changes.append(f"override {key}: {there} there, {here} now")
+    if not changes:
+        changes.append("the config file or a YAML it names changed since that run" + (
+            "" if isinstance(before_config, dict) else " (or a pipeline key: that run.json does not record them)"))
+    return changes
 
 
 # ---------------------------------------------------------------------------------------------- folds

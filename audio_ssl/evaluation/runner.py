@@ -73,6 +73,104 @@ def cv_config_text(config_path: Path, overlays: Sequence[Path] = (), pipeline_se
     return text
 
 
+OWN_CONFIG_PIPELINES = frozenset({"clap_zeroshot"})
+"""Pipelines without a Lightning stage that apply ``--set KEY=VALUE`` to their own config (as ``--pipeline-set``)."""
+
+NO_OVERRIDE_PIPELINES = frozenset({"baseline", "beats_probe"})
+"""Pipelines without a Lightning stage that read no overrides: ``--set`` (or a trailing Lightning argument) is
+refused rather than dropped."""
+
+
+def pipeline_keys(pipeline: str) -> set[str] | None:
+    """The keys of a ``pipeline`` config, which ``audio-ssl cv --pipeline-set KEY=VALUE`` may set; ``None`` for a
+    plain Lightning YAML (``--set`` overrides its values) or a pipeline registered without a key list."""
+    from audio_ssl.evaluation.pipelines import PIPELINE_KEYS
+
+    if pipeline in PIPELINE_KEYS:
+        return set(PIPELINE_KEYS[pipeline])
+    if pipeline == "clap_zeroshot":
+        from audio_ssl.evaluation.zeroshot import CONFIG_KEYS
+
+        return set(CONFIG_KEYS)
+    if pipeline == "beats_probe":
+        from audio_ssl.evaluation.beats_probe import BEATS_PROBE_KEYS
+
+        return set(BEATS_PROBE_KEYS)
+    if pipeline == "baseline":
+        import dataclasses
+
+        from audio_ssl.evaluation.baselines import MFCCParams
+
+        return {"pipeline", "baseline", "data", "seed", "seed_everything", "n_jobs", "feature_cache_dir", "C",
+                "max_iter", *(f.name for f in dataclasses.fields(MFCCParams))}
+    return None
+
+
+def check_set_names_no_pipeline_key(overrides: Sequence[str], keys: set[str] | None, pipeline: str,
+                                    config_path: Path) -> None:
+    """Refuse a ``--set KEY=VALUE`` (a Lightning argument of the stages) whose KEY is a key of the pipeline config
+    itself, saying to use ``--pipeline-set``; pipelines that read their own config accept both."""
+    if pipeline in NO_OVERRIDE_PIPELINES and overrides:
+        raise ValueError(f"--set/Lightning arguments {list(overrides)}: {config_path.name} is a {pipeline} pipeline, "
+                         "which runs no Lightning stage: set its keys with --pipeline-set KEY=VALUE")
+    if not keys or pipeline in OWN_CONFIG_PIPELINES:
+        return
+    from audio_ssl.evaluation.run_store import override_values
+
+    lightning_sections = {"model", "data", "trainer", "optimizer", "lr_scheduler", "checkpoint"}
+    for key, value in override_values(overrides).items():
+        if key in keys - {"pipeline"} - lightning_sections:
+            raise ValueError(f"--set {key}={value}: {key} is a key of the {pipeline} pipeline config "
+                             f"{config_path.name}, not a Lightning argument of its stages: use --pipeline-set "
+                             f"{key}={value}")
+
+
+def _check_config(config: dict, pipeline: str, config_path: Path, overrides: Sequence[str], source: str) -> None:
+    """The checks a fold task makes first, made before anything is written: keys and values, stage files."""
+    from audio_ssl.evaluation.pipelines import PIPELINE_KEYS, check_pipeline_config
+    from audio_ssl.evaluation.run_config import resolve_path, stage_configs
+
+    if pipeline in PIPELINE_KEYS:
+        check_pipeline_config(config, pipeline, source)
+        for key in ("pretrain", "finetune"):
+            if key in PIPELINE_KEYS[pipeline]:
+                stage_configs(config, key, config_path, source=source)
+        if "model" in PIPELINE_KEYS[pipeline]:
+            resolve_path(config, "model", config_path, source=source)
+    elif pipeline == "clap_zeroshot":
+        from audio_ssl.evaluation import zeroshot
+        from audio_ssl.evaluation.run_config import apply_set_overrides
+
+        zeroshot._check_config(apply_set_overrides(config, overrides, source), source)
+
+
+def check_run_config(config: dict, pipeline: str, config_path: Path, overrides: Sequence[str],
+                     pipeline_set: Sequence[str]) -> None:
+    """Check a pipeline config as it will run (after ``--pipeline-set``) before any file of the run is written.
+    An error the file alone does not have names the ``--pipeline-set`` items that cause it, not the file."""
+    try:
+        _check_config(config, pipeline, config_path, overrides, str(config_path))
+    except (ValueError, FileNotFoundError):
+        if not pipeline_set:
+            raise
+        file_config = load_config(config_path)
+        keys = pipeline_keys(pipeline) or set()
+        try:
+            _check_config(file_config, pipeline, config_path, overrides, str(config_path))
+        except (ValueError, FileNotFoundError):
+            raise  # the file itself is wrong (or both are): the first error stands
+        culprits = []
+        for item in pipeline_set:
+            try:
+                _check_config(apply_pipeline_set(file_config, [item], keys, str(config_path)), pipeline, config_path,
+                              overrides, str(config_path))
+            except (ValueError, FileNotFoundError):
+                culprits.append(item)
+        source = " ".join(f"--pipeline-set {item}" for item in culprits or pipeline_set)
+        _check_config(config, pipeline, config_path, overrides, f"{source} (on {config_path.name})")
+        raise
+
+
 def run_cv(
     config_path: str | os.PathLike,
     folds: Sequence[int] | None = None,
@@ -107,13 +205,15 @@ def run_cv(
                          "only; give the pipeline's stages a size with --pipeline-set size=cpu")
     for path in overlays:
         load_config(path)  # a missing or malformed overlay, named before any fold runs
+    keys = pipeline_keys(pipeline)
+    overrides = tuple(overrides)
     if pipeline_set:
-        from audio_ssl.evaluation.pipelines import PIPELINE_KEYS
-
-        if pipeline not in PIPELINE_KEYS:
+        if keys is None:
             raise ValueError(f"--pipeline-set: {config_path} is a {pipeline} config, which has no pipeline keys to "
-                             f"set (pipelines with keys: {', '.join(sorted(PIPELINE_KEYS))})")
-        config = apply_pipeline_set(config, pipeline_set, PIPELINE_KEYS[pipeline], str(config_path))
+                             "set; its values are Lightning arguments: set them with --set KEY=VALUE")
+        config = apply_pipeline_set(config, pipeline_set, keys, str(config_path))
+    check_set_names_no_pipeline_key(overrides, keys, pipeline, config_path)
+    check_run_config(config, pipeline, config_path, overrides, pipeline_set)
     if not name:
         from audio_ssl.cli import stacked_name
 
@@ -130,11 +230,12 @@ def run_cv(
     bad = [f for f in folds if not 1 <= f <= num_folds]
     if bad:
         raise ValueError(f"folds {bad} are out of range: {config_path.name} uses a dataset with folds 1..{num_folds}")
-    overrides = tuple(overrides)
     run_dir = Path(out) / name
     fingerprint = config_fingerprint(config_path, overrides, config, overlays)
     record = run_store.RunRecord(name=name, config_file=str(config_path), pipeline=pipeline,
-                                 overrides=list(overrides), fingerprint=fingerprint, num_folds=num_folds)
+                                 overrides=list(overrides), fingerprint=fingerprint, num_folds=num_folds,
+                                 config=config if pipeline != DEFAULT_PIPELINE else None,
+                                 pipeline_set=list(pipeline_set))
     if is_rank_zero():  # DDP: the other ranks start later, from rank 0's first Trainer call
         run_store.open_run(run_dir, record)
 

@@ -24,7 +24,8 @@ first clip of every class, then the second, ...), so a few clips still cover the
 protocol column, the details and the dataset description (whose clip set is then the union of these subsets,
 so the fold bookkeeping stays exact). The model is loaded once per process and shared by the folds.
 
-``audio-ssl cv --set KEY=VALUE`` overrides apply to this config (``--set model=DIR``,
+Its keys are set with ``audio-ssl cv --pipeline-set KEY=VALUE``, as every pipeline's (``--pipeline-set
+max_clips=20``); ``audio-ssl cv --set KEY=VALUE`` overrides apply to this config too (``--set model=DIR``,
 ``--set data.init_args.data_dir=DIR``, ``--set max_clips=20``; a relative folder is taken from the working
 directory, as ``data_dir`` is); see
 :func:`~audio_ssl.evaluation.run_config.apply_set_overrides`.

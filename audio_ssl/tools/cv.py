@@ -4,6 +4,7 @@
                  [--set trainer.max_epochs=3 ...] [--no-wandb] [extra Lightning CLI args, e.g. --trainer.max_epochs 3]
     audio-ssl cv --config experiments/supervised_resnet34.yaml --config my_overlay.yaml   # a recipe + an overlay
     audio-ssl cv --config experiments/simclr_probe.yaml --pipeline-set size=cpu [--pipeline-set transductive=true]
+    audio-ssl cv --config experiments/zoo/clap_zeroshot.yaml --pipeline-set max_clips=20   # any pipeline's keys
     audio-ssl cv --analyze-only NAME [--out results]
 
 Writes ``<out>/<NAME>/`` (NAME defaults to the config's file name, ``_cpu`` added for a size overlay or
@@ -42,15 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a Lightning YAML or a pipeline YAML; repeated: Lightning YAMLs stacked, later values "
                              "winning (a recipe, then its size overlay experiments/cpu/<recipe>.yaml)")
     parser.add_argument("--pipeline-set", action="append", default=[], metavar="KEY=VALUE", dest="pipeline_set",
-                        help="set a key of a pipeline YAML, e.g. size=cpu or transductive=true (repeatable; the "
-                             "value is read as YAML; an unknown key is refused)")
+                        help="set a key of a pipeline YAML (any pipeline's own keys), e.g. size=cpu, "
+                             "transductive=true, max_clips=20, model=DIR (repeatable; the value is read as YAML; an "
+                             "unknown key is refused; checked before anything is written)")
     parser.add_argument("--folds", type=parse_folds, default=None, help="e.g. 1,2,3 (default: every fold)")
     parser.add_argument("--name", default=None, help="run name (default: the config file's stem)")
     parser.add_argument("--out", default="results", help="results root (default: %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a Lightning CLI override for every fold, e.g. trainer.max_epochs=3 (repeatable); "
-                             "pipelines that read their own config (clap_zeroshot) apply it to that config, "
-                             "e.g. --set model=DIR --set max_clips=20")
+                        help="a Lightning CLI override for every fold's Lightning runs, e.g. trainer.max_epochs=3 "
+                             "(repeatable); a pipeline's own keys are set with --pipeline-set (refused here; "
+                             "clap_zeroshot, which has no Lightning stage, also takes them with --set, e.g. "
+                             "--set data.init_args.data_dir=DIR; baseline and beats_probe take no --set)")
     parser.add_argument("--no-wandb", action="store_true", help="CSV logging only")
     parser.add_argument("--no-analysis", action="store_true", help="skip the error analysis at the end")
     parser.add_argument("--examples", type=int, default=8, help="clips per confidence gallery in the analysis")

@@ -29,6 +29,24 @@ def saw_test_fold(data_meta: dict, test_fold: int) -> str | None:
     return None
 
 
+def check_test_fold(test_fold: int, data_meta: dict, checkpoint: Path) -> None:
+    """Raise ValueError naming ``--test-fold`` when ``test_fold`` is not a fold of the checkpoint's dataset (its
+    recorded ``num_folds``, else its data module class's); nothing to check when neither is known."""
+    import importlib
+
+    num_folds = data_meta.get("num_folds")
+    if not num_folds and isinstance(data_meta.get("class_path"), str):
+        module, _, name = data_meta["class_path"].rpartition(".")
+        try:
+            num_folds = getattr(getattr(importlib.import_module(module), name), "num_folds", None)
+        except (ImportError, AttributeError, ValueError):
+            num_folds = None
+    if num_folds and not 1 <= test_fold <= int(num_folds):
+        dataset = data_meta.get("dataset") or "the dataset"
+        raise ValueError(f"--test-fold {test_fold} is out of range: {checkpoint} was trained on {dataset}, which has "
+                         f"folds 1..{int(num_folds)}; pass one of them")
+
+
 def _model_and_data_from_checkpoint(path: Path, meta: dict, test_fold: int, data_dir: str | None,
                                     cache_dir: str | None):
     """The model and data module described by a checkpoint (no YAML): the resolved model config, the dataset
@@ -69,6 +87,8 @@ def run_probe_command(args: argparse.Namespace, extra: list[str]) -> dict:
     test_fold = args.test_fold if args.test_fold is not None else data_meta.get("test_fold")
     if test_fold is None:
         raise ValueError(f"{checkpoint} does not record a test fold: pass --test-fold K")
+    if args.test_fold is not None:
+        check_test_fold(args.test_fold, data_meta, checkpoint)
     if args.config:
         from audio_ssl.cli import build_cli
 

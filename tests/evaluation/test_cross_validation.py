@@ -101,8 +101,8 @@ def test_bookkeeping_catches_a_clip_tested_twice(tmp_path, esc50_root, cache_dir
 def test_changed_config_refuses_to_resume(tmp_path, esc50_root, cache_dir):
     config = random_config(tmp_path, esc50_root, cache_dir)
     run_cv(config, folds=[1], out=tmp_path / "results", wandb=False, analyze=False)
-    with pytest.raises(ValueError, match=r"different config or overrides \(overrides only there: \[\]; "
-                                         r"overrides only now: \['--trainer.max_epochs', '2'\]"):
+    with pytest.raises(ValueError, match=r"different setup: override trainer.max_epochs: <unset> there, '2' now\. "
+                                         r"Use another --name, or delete .*random to start this run again"):
         run_cv(config, folds=[1], out=tmp_path / "results", overrides=["--trainer.max_epochs", "2"],
                   wandb=False, analyze=False)
     # a run folder where nothing was trained yet (say a typo stopped it) is reused with the corrected command
@@ -343,3 +343,58 @@ def test_a_self_supervised_recipe_alone_is_refused_before_training(tmp_path, esc
     err = capsys.readouterr().err
     assert "SimCLR does not classify" in err and "simclr_probe.yaml" in err
     assert not list((tmp_path / "results").rglob("*.ckpt"))  # nothing was trained
+
+
+def test_resume_refusal_names_the_keys_and_values_that_differ(tmp_path, esc50_root, cache_dir):
+    """A re-run that differs from the run in the folder says which pipeline keys and overrides differ, with both
+    values, and how to go on."""
+    config = random_config(tmp_path, esc50_root, cache_dir, leak=[])
+    run_cv(config, folds=[1], out=tmp_path / "results", overrides=["--max_clips", "10"], wandb=False, analyze=False)
+    random_config(tmp_path, esc50_root, cache_dir, leak=[2])
+    with pytest.raises(ValueError) as info:
+        run_cv(config, folds=[1], out=tmp_path / "results", overrides=["--max_clips=20"], wandb=False, analyze=False)
+    message = str(info.value)
+    assert "pipeline key leak: [] there, [2] now" in message
+    assert "override max_clips: '10' there, '20' now" in message
+    assert "Use another --name, or delete" in message
+
+
+def test_pipeline_set_is_checked_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """A --pipeline-set value that breaks the pipeline (a size without overlays, a bad max_clips) is refused before
+    the run folder exists, naming the --pipeline-set item, not the file; a pipeline key given with --set is
+    refused with a pointer to --pipeline-set."""
+    from audio_ssl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    experiments = ROOT / "experiments"
+    for argv, messages in (
+            (["--config", str(experiments / "simclr_probe.yaml"), "--pipeline-set", "size=gpu"],
+             ["--pipeline-set size=gpu (on simclr_probe.yaml): size: gpu needs the overlay"]),
+            (["--config", str(experiments / "simclr_probe.yaml"), "--pipeline-set", "transductive=true",
+              "--pipeline-set", "size=gpu"], ["error: --pipeline-set size=gpu (on simclr_probe.yaml)"]),
+            (["--config", str(experiments / "zoo" / "hubert_probe.yaml"), "--pipeline-set", "max_clips=0"],
+             ["--pipeline-set max_clips=0 (on hubert_probe.yaml): 'max_clips' must be a positive integer"]),
+            (["--config", str(experiments / "zoo" / "hubert_probe.yaml"), "--set", "max_clips=20"],
+             ["--set max_clips=20: max_clips is a key of the frozen_probe pipeline config hubert_probe.yaml",
+              "use --pipeline-set max_clips=20"]),
+            (["--config", str(experiments / "baseline_majority.yaml"), "--set", "C=2"],
+             ["baseline_majority.yaml is a baseline pipeline, which runs no Lightning stage",
+              "--pipeline-set KEY=VALUE"])):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["cv", *argv, "--out", str(tmp_path / "results"), "--no-wandb"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert all(m in err for m in messages), err
+        assert not (tmp_path / "results").exists(), argv
+
+
+def test_a_lightning_argument_error_inside_cv_names_audio_ssl_cv(tmp_path, esc50_root, cache_dir, monkeypatch, capsys):
+    from audio_ssl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cv", "--config", str(SUPERVISED), "--folds", "1", "--no-wandb", "--no-analysis",
+              "--set", "trainer.max_epochz=1", *tiny_cv_overrides(esc50_root, cache_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "audio-ssl cv: error:" in err and "max_epochz" in err and "see audio-ssl cv --help" in err

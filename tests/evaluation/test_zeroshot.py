@@ -98,6 +98,19 @@ def test_max_clips_scores_a_class_covering_subset_and_says_so(hub, esc50_root, c
     assert "--max_clips" in json.loads((tmp_path / "results" / "check" / "summary.json").read_text())["overrides"]
 
 
+def test_pipeline_set_sets_the_keys_of_clap_zeroshot(hub, esc50_root, cache_dir, tmp_path):
+    """clap_zeroshot's keys are set with --pipeline-set like every pipeline's (--set works too); a bad value is
+    refused before the run folder is written, naming the --pipeline-set item."""
+    base = parse_set_overrides([item for item in sets(esc50_root, cache_dir) if item != "--set"])
+    summary = run_cv(CONFIG, folds=[1], out=tmp_path / "results", name="ps", overrides=base, wandb=False,
+                     analyze=False, pipeline_set=["max_clips=2"])
+    assert summary["variants"]["clap_zeroshot"]["details"]["1"]["test_clips"] == 2
+    with pytest.raises(ValueError, match=r"--pipeline-set max_clips=0 \(on clap_zeroshot.yaml\): 'max_clips' must "):
+        run_cv(CONFIG, folds=[1], out=tmp_path / "results", name="bad", overrides=base, wandb=False,
+               analyze=False, pipeline_set=["max_clips=0"])
+    assert not (tmp_path / "results" / "bad").exists()
+
+
 def test_config_errors_name_the_file_and_key(hub, esc50_root, cache_dir, tmp_path):
     config = yaml.safe_load(CONFIG.read_text())
     base = parse_set_overrides([item for item in sets(esc50_root, cache_dir) if item != "--set"])
