@@ -102,6 +102,9 @@ class HFFeatureFrontend(nn.Module):
         self.feature_extractor = feature_extractor
         self.sample_rate = int(sample_rate)
         self.source = source
+        #: True when ``forward`` gives waveforms ``[B, T]`` (wav2vec 2.0 family), False for a spectrogram (AST's
+        #: fbank, whose extractor states ``num_mel_bins``): SpecAugment masks only the latter.
+        self.outputs_waveform = getattr(feature_extractor, "num_mel_bins", None) is None
 
     def forward(self, waveforms: Tensor) -> Tensor:
         """``[B, T]`` float waveforms at ``sample_rate`` -> ``input_values`` (float32, on the waveforms' device)."""
