@@ -308,6 +308,15 @@ class TimmCNN(nn.Module):
                 raise
             raise ValueError(_mismatch_message(str(e), source, model_name, classes, overlay.get("file"))) from e
 
+    @property
+    def weights_source(self) -> str:
+        """Where the weights came from (named in results): :attr:`pretrained_source`."""
+        return self.pretrained_source
+
+    def describe(self) -> str:
+        """The model for results tables: ``TimmCNN efficientnet_b0``."""
+        return f"{type(self).__name__} {self.name}"
+
     # ------------------------------------------------------------------ layer-wise lr decay
     def layer_id(self, param_name: str) -> int:
         """Depth of a parameter for layer-wise lr decay: 0 stem, ``i + 1`` block ``i``, ``num_layers`` the last

@@ -112,6 +112,28 @@ def test_hub_id_loads_from_the_cache(filename, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
 
+def test_names_its_architecture_and_the_source_of_its_weights(tmp_path):
+    from audio_ssl.evaluation.lightning_stage import describe_encoder
+    from audio_ssl.evaluation.pipelines import weights_source
+
+    path = save_weights(rgb_weights("resnet18"), tmp_path / "r18.safetensors")
+    encoder = TimmCNN("resnet18", pretrained=str(path))
+    assert encoder.describe() == "TimmCNN resnet18" and encoder.weights_source == str(path.resolve())
+    assert re.fullmatch(r"TimmCNN resnet18, 11\.\d\dM params", describe_encoder(encoder))
+    config = {"init_args": {"encoder": {"init_args": {"name": "resnet18", "pretrained": str(path)}}}}
+    assert weights_source(config, encoder) == (f"weights from outside: TimmCNN weights {path.resolve()}; "
+                                               f"model.init_args.encoder.init_args.pretrained={path}")
+    assert TimmCNN("resnet18").weights_source == "random init"
+    from audio_ssl.evaluation.lightning_stage import starting_weights
+    from audio_ssl.methods.supervised import SupervisedClassifier
+
+    tuned = SupervisedClassifier(encoder=encoder, num_classes=5)
+    assert starting_weights(tuned) == (f"weights from outside: TimmCNN weights {path.resolve()}",
+                                       "fine-tune from a pretrained encoder")
+    assert starting_weights(SupervisedClassifier(encoder=TimmCNN("resnet18"), num_classes=5)) == (
+        "none", "supervised from scratch")
+
+
 def test_hub_id_offline_says_what_to_fetch(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         TimmCNN("efficientnet_b0", pretrained="timm/efficientnet_b0.ra_in1k", cache_dir=str(tmp_path / "empty"))
