@@ -499,8 +499,8 @@ def _without_wandb_if_missing(loggers):
     return kept or False
 
 
-_NOISE = re.compile(r"^(Subtypes:|Given value type:|Given value:|Errors:|Does not validate against any of the "
-                    r"Union subtypes|- Expected a <class 'NoneType'>)")
+_NOISE = re.compile(r"^(- )*(Subtypes:|Given value type:|Given value:|Errors:|Does not validate against any of the "
+                    r"Union subtypes|Expected a <class 'NoneType'>)")
 
 
 def short_error(message: str) -> str:

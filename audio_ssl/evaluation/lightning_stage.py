@@ -63,14 +63,30 @@ def resolved_config_text(cli) -> str:
 
 
 def describe_encoder(module) -> str:
-    """``AudioResNet layers=(2, 2, 2, 2) widths=(16, 32, 64, 128), 0.70M params``-style description."""
+    """``AudioResNet layers=(2, 2, 2, 2) widths=(16, 32, 64, 128), 0.70M params``-style description; an encoder
+    with ``describe()`` names itself (``HFAudioEncoder facebook/hubert-base-ls960 (hubert), 94.37M params``,
+    ``TimmCNN efficientnet_b0, 4.01M params``)."""
     encoder = getattr(module, "encoder", module)
-    parts = [type(encoder).__name__]
+    describe = getattr(encoder, "describe", None)
+    parts = [describe() if callable(describe) else type(encoder).__name__]
     for attr in ("layers", "widths"):
         if hasattr(encoder, attr):
             parts.append(f"{attr}={tuple(getattr(encoder, attr))}")
     params = sum(p.numel() for p in encoder.parameters())
     return " ".join(parts) + f", {params / 1e6:.2f}M params"
+
+
+def starting_weights(model) -> tuple[str, str]:
+    """``(pretraining_data, protocol)`` of a model trained by :func:`fit_and_test`: an ``init_encoder_from``
+    checkpoint, the weights an encoder states it loaded (``weights_source`` of the HF, timm and BEATs encoders: hub
+    id, folder or file), or none (supervised from scratch)."""
+    if getattr(model, "init_encoder_from", None):
+        return "see the encoder checkpoint", "fine-tune from a pretrained encoder"
+    encoder = getattr(model, "encoder", None)
+    stated = getattr(encoder, "weights_source", None)
+    if stated and not str(stated).startswith("random init"):
+        return f"weights from outside: {type(encoder).__name__} weights {stated}", "fine-tune from a pretrained encoder"
+    return "none", "supervised from scratch"
 
 
 def fit_stage(args: list[str], stage_dir: Path, before_fit: Callable[[object], None] | None = None):
@@ -139,13 +155,13 @@ def fit_and_test(args: list[str], stage_dir: Path, label: str = "fit") -> tuple[
     start = time.perf_counter()
     cli, epochs = fit_stage(args, stage_dir)
     model = cli.model
-    init = model.init_encoder_from
+    pretraining_data, protocol = starting_weights(model)
     description = ResultDescription(
         method=type(model).__name__,
         encoder=describe_encoder(model),
-        pretraining_data="see the encoder checkpoint" if init else "none",
+        pretraining_data=pretraining_data,
         transductive=False,
-        protocol="fine-tune from a pretrained encoder" if init else "supervised from scratch",
+        protocol=protocol,
         epochs=epochs,
         configs={label: resolved_config_text(cli)},
     )

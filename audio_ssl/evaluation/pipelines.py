@@ -346,18 +346,23 @@ def probe_frozen(models: dict[str, torch.nn.Module], datamodule, folds: Sequence
     return results
 
 
-def weights_source(model_config: dict) -> str:
-    """Where a model's weights come from, from its resolved config: every non-empty ``checkpoint``,
-    ``pretrained``, ``init_encoder_from``, ``weights``, ``model_name`` or ``hub_id`` entry, by its config path."""
+def weights_source(model_config: dict, module=None) -> str:
+    """Where a model's weights come from: first what the encoder of ``module`` states (``weights_source``: the hub
+    id, folder or file, with any revision; HF, timm and BEATs encoders), then every non-empty ``checkpoint``,
+    ``pretrained``, ``init_encoder_from``, ``weights``, ``model_name`` or ``hub_id`` entry of its resolved config,
+    by its config path (a bare ``pretrained=True`` only when the encoder states nothing)."""
     keys = {"checkpoint", "pretrained", "init_encoder_from", "weights", "model_name", "hub_id"}
-    found = []
+    encoder = getattr(module, "encoder", module)
+    stated = getattr(encoder, "weights_source", None) if encoder is not None else None
+    found = [f"{type(encoder).__name__} weights {stated}"] if stated else []
 
     def walk(node, path: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
                 where = f"{path}.{key}" if path else str(key)
                 if key in keys and value not in (None, "", False) and not isinstance(value, (dict, list)):
-                    found.append(f"{where}={value}")
+                    if not (stated and value is True):
+                        found.append(f"{where}={value}")
                 else:
                     walk(value, where)
         elif isinstance(node, list):
@@ -406,7 +411,7 @@ def frozen_probe(context: FoldContext) -> dict[str, FoldOutput]:
     result = probe_frozen(
         {"pretrained": cli.model, "random_init": control.model}, cli.datamodule, [context.fold], probe_config,
         context.work_dir.parent / "embeddings", method=type(cli.model).__name__,
-        pretraining_data=weights_source(model_config), max_clips=config.get("max_clips"),
+        pretraining_data=weights_source(model_config, cli.model), max_clips=config.get("max_clips"),
         configs={"model": resolved_config_text(cli), "random_init": resolved_config_text(control)},
         details={"random_init_overrides": [str(a) for a in config["random_init_overrides"]],
                  "random_init_seed": control.config.get("seed_everything")})

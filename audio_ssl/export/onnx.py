@@ -174,23 +174,40 @@ def _export(module: ExportedClassifier, example: Tensor, out: Path, opset: int, 
     program.save(out)
 
 
+def onnx_path(checkpoint: Path, out: str | os.PathLike | None) -> Path:
+    """The file to write: ``out``; the checkpoint's path with ``.onnx`` when None; ``<out>/<checkpoint stem>.onnx``
+    when ``out`` is an existing folder or ends with a path separator. Raises ValueError for an ``out`` whose parent
+    is a file."""
+    if out is None:
+        return checkpoint.with_suffix(".onnx")
+    text = os.fspath(out)
+    path = Path(text).expanduser()
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        path = path / f"{checkpoint.stem}.onnx"
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"--out {text}: {parent} is a file, not a folder: pass a .onnx file in a folder")
+    return path
+
+
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET,
                 tolerance: float = 1e-4, check_clips: int = 2) -> OnnxExport:
     """Export the classifier of an audio-ssl checkpoint to ONNX (see the module docstring); returns what was written.
 
     Args:
         checkpoint: a self-describing audio-ssl checkpoint of a method with ``classifies = True``.
-        out: the ``.onnx`` file (default: the checkpoint's path with the suffix ``.onnx``).
+        out: the ``.onnx`` file (default: the checkpoint's path with the suffix ``.onnx``); an existing folder (or a
+            path ending in ``/``) gets ``<checkpoint stem>.onnx`` inside it.
         opset: ONNX opset, at least :data:`DEFAULT_OPSET`.
         tolerance: largest allowed absolute difference of probabilities between onnxruntime and PyTorch on
             ``check_clips`` random clips (of the clip length; when the length is dynamic also of 1.5 clips, or the
             longest allowed, and of the shortest allowed).
 
     Raises ValueError (naming the checkpoint) for a method that does not classify (use the HEAR export for its
-    embeddings), a bad opset, a checkpoint that cannot be read, or a failed parity check.
+    embeddings), a front end without an export-friendly equivalent (use the HEAR export), a bad opset, a checkpoint that cannot be read, or a failed parity check.
     """
     checkpoint = Path(checkpoint)
-    out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
+    out = onnx_path(checkpoint, out)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < DEFAULT_OPSET:
         raise ValueError(f"opset must be an integer >= {DEFAULT_OPSET} (the dynamo exporter's), got {opset!r}")
     trained = load_trained_method(checkpoint)
@@ -199,6 +216,11 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike | None = N
         raise ValueError(f"{checkpoint}: {type(method).__name__} does not classify (no classifier head), so there are "
                          "no class probabilities to export; export its embeddings with the HEAR API instead "
                          "(audio-ssl export --format hear CHECKPOINT --out DIR, or audio_ssl.export.hear.load_model)")
+    try:  # before any tracing: a front end without an ONNX twin is known at once
+        export_frontend(method.frontend)
+    except ValueError as err:
+        raise ValueError(f"{checkpoint}: cannot export to ONNX: {err}. The HEAR export runs any front end in "
+                         f"PyTorch: audio-ssl export --format hear {checkpoint} --out DIR") from err
     out.parent.mkdir(parents=True, exist_ok=True)
     shortest, longest = min_samples(method), max_samples(method)
     gen = torch.Generator().manual_seed(0)

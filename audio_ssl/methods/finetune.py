@@ -56,7 +56,8 @@ class FineTuneClassifier(SupervisedClassifier):
     Raises:
         ValueError: ``lr`` given, a negative ``encoder_lr`` or non-positive ``head_lr``, ``layer_decay`` outside
             (0, 1] or with an encoder that does not state its depth, a front end at another sample rate than
-            the data (the error names both rates).
+            the data (the error names both rates), ``freq_mask``/``time_mask`` with a front end that gives
+            waveforms (the wav2vec 2.0 family; the error names the model kind).
     """
 
     def __init__(
@@ -95,6 +96,15 @@ class FineTuneClassifier(SupervisedClassifier):
                              f"layer_id(param_name); {type(encoder).__name__} has none: set layer_decay to null")
         if kwargs.get("frontend") is None and callable(getattr(encoder, "build_frontend", None)):
             kwargs["frontend"] = encoder.build_frontend(kwargs.get("sample_rate", 16000))
+        if (freq_mask > 0 or time_mask > 0) and getattr(kwargs.get("frontend"), "outputs_waveform", False):
+            config = getattr(encoder, "config", None)
+            kind = getattr(config, "model_type", None) or type(encoder).__name__
+            source = getattr(encoder, "model_id", None)
+            raise ValueError(
+                f"{name}: freq_mask={freq_mask}/time_mask={time_mask} mask a spectrogram, but the encoder "
+                f"{type(encoder).__name__}{' ' + source if source else ''} is a {kind} model that takes the waveform: "
+                "set --model.init_args.freq_mask 0 --model.init_args.time_mask 0 for waveform models "
+                "(SpecAugment suits spectrogram models: AST, the CNNs)")
         super().__init__(
             encoder=encoder, num_classes=num_classes, dropout=dropout, label_smoothing=label_smoothing,
             freq_mask=freq_mask, time_mask=time_mask, num_freq_masks=num_freq_masks,

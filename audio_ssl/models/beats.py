@@ -507,6 +507,8 @@ class BEATs(nn.Module):
         self.num_layers = cfg.encoder_layers
         self.patch_size = cfg.input_patch_size
         self.label_dict: dict[Any, Any] | None = None
+        #: where the weights came from (named in results): the checkpoint path or URL, else random init
+        self.weights_source = "random init"
 
         self.frontend = BEATsFbank()  # no parameters: leaves the state dict unchanged
         self.patch_embedding = nn.Conv2d(1, cfg.embed_dim, kernel_size=cfg.input_patch_size,
@@ -523,6 +525,11 @@ class BEATs(nn.Module):
         else:
             self.predictor = None
         self.set_gradient_checkpointing(gradient_checkpointing)
+
+    def describe(self) -> str:
+        """The model for results tables: ``BEATs 12 layers x 768`` (``fine-tuned`` with a predictor)."""
+        tuned = ", fine-tuned" if self.predictor is not None else ""
+        return f"{type(self).__name__} {self.num_layers} layers x {self.out_dim}{tuned}"
 
     #: Substrings of parameter names that train without weight decay besides biases and 1-D parameters: the
     #: shared relative position table, the gated relative position's constants and the positional convolution's
@@ -714,6 +721,7 @@ def load_beats_checkpoint(
     _check_state_dict(model, ckpt["model"], path)
     model.load_state_dict(ckpt["model"], strict=True)
     model.label_dict = ckpt.get("label_dict")
+    model.weights_source = str(source) if _is_url(source) else str(path.resolve())
     return model.to(map_location).eval()
 
 

@@ -102,6 +102,9 @@ class HFFeatureFrontend(nn.Module):
         self.feature_extractor = feature_extractor
         self.sample_rate = int(sample_rate)
         self.source = source
+        #: True when ``forward`` gives waveforms ``[B, T]`` (wav2vec 2.0 family), False for a spectrogram (AST's
+        #: fbank, whose extractor states ``num_mel_bins``): SpecAugment masks only the latter.
+        self.outputs_waveform = getattr(feature_extractor, "num_mel_bins", None) is None
 
     def forward(self, waveforms: Tensor) -> Tensor:
         """``[B, T]`` float waveforms at ``sample_rate`` -> ``input_values`` (float32, on the waveforms' device)."""
@@ -130,6 +133,8 @@ class HFAudioEncoder(nn.Module):
     Attributes:
         out_dim: ``config.hidden_size``; num_layers: ``config.num_hidden_layers`` (for :meth:`layer_id`);
         family: ``"ast"`` or ``"wav2vec2"``; config, feature_extractor: the transformers objects.
+        weights_source: the hub id or folder the weights came from (``@revision`` appended), or
+        ``"random init (the architecture of ...)"``; :meth:`describe` names the model for results tables.
 
     ``forward(input_values) -> [B, out_dim]``: the time (token) mean of the chosen hidden state of the front
     end's output (for AST, the mean over every token, the class and distillation tokens included).
@@ -188,6 +193,10 @@ class HFAudioEncoder(nn.Module):
             self.model = transformers.AutoModel.from_config(config)
         self.model.float()
         self.config = self.model.config
+        #: the hub id or folder, with ``@revision`` when one is given
+        self.source = f"{self.model_id}@{revision}" if revision else self.model_id
+        #: where the weights came from (named in results): :attr:`source`, or random init
+        self.weights_source = self.source if pretrained else f"random init (the architecture of {self.source})"
         self.out_dim = int(config.hidden_size)
         self.num_layers = int(config.num_hidden_layers)
         self.layer = self._check_layer(layer)
@@ -199,6 +208,10 @@ class HFAudioEncoder(nn.Module):
             freeze() if callable(freeze) else feature_encoder.requires_grad_(False)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+
+    def describe(self) -> str:
+        """The model for results tables: ``HFAudioEncoder facebook/hubert-base-ls960 (hubert)``."""
+        return f"{type(self).__name__} {self.model_id} ({self.config.model_type})"
 
     def _load_pretrained(self, transformers, **hub) -> nn.Module:
         try:
@@ -234,7 +247,7 @@ class HFAudioEncoder(nn.Module):
         2.0 family is a torch parametrization, which pickles only through ``state_dict`` (e.g. for ``ddp_spawn``)."""
         modes = {name: module.training for name, module in self.named_modules()}
         frozen = [name for name, param in self.named_parameters() if not param.requires_grad]
-        return _rebuild, (dict(self._init_args, pretrained=False), self.state_dict(), modes, frozen)
+        return _rebuild, (dict(self._init_args), self.state_dict(), modes, frozen)
 
     # ------------------------------------------------------------------ the front end
     @property
@@ -288,8 +301,10 @@ class HFAudioEncoder(nn.Module):
 def _rebuild(init_args: dict, state: dict, modes: dict[str, bool], frozen: list[str]) -> HFAudioEncoder:
     """Unpickle an :class:`HFAudioEncoder` (see its ``__reduce__``): the architecture from its config, then the
     weights, the train/eval mode of every module and the frozen parameters."""
-    encoder = HFAudioEncoder(**init_args)
+    encoder = HFAudioEncoder(**{**init_args, "pretrained": False})
     encoder.load_state_dict(state)
+    if init_args.get("pretrained"):  # the weights just loaded are those of the source
+        encoder.weights_source = encoder.source
     for name, module in encoder.named_modules():
         module.training = modes.get(name, module.training)
     params = dict(encoder.named_parameters())

@@ -71,6 +71,95 @@ def _hub_cache(cache_dir: str | Path | None) -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+#: Architectures a mismatching weight file is compared with to say what it holds (built on the meta device: no
+#: memory, about a second for all).
+_KNOWN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_b0", "efficientnet_b1",
+                "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "mobilenetv3_large_100",
+                "mobilenetv3_small_100", "convnext_tiny", "densenet121", "vgg16", "regnety_016")
+_SHOWN_KEYS = 3
+
+
+def _keys_of(text: str) -> list[str]:
+    return re.findall(r'"([^"]+)"', text)
+
+
+def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of a weight file, read as timm's loader reads it (``state_dict``/``model`` entry,
+    ``module.`` prefix dropped); empty when it cannot be read."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for entry in ("state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(entry), dict):
+                state = state[entry]
+        return {k.removeprefix("module."): tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    except Exception:  # only for the hint: the load error itself is what is reported
+        return {}
+
+
+def _guess_arch(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The timm architecture of :data:`_KNOWN_ARCHS` whose every weight (classifier aside) the file holds with the
+    same shape, the stem's colour channels aside (None: none)."""
+    if not shapes:
+        return None
+    import timm
+    import torch
+
+    for arch in _KNOWN_ARCHS:
+        with torch.device("meta"):
+            model = timm.create_model(arch, num_classes=0)
+        state = model.state_dict()
+        if len(shapes) - len(state) in (0, 1, 2) and all(
+                k in shapes and (shapes[k] == tuple(v.shape) or (v.ndim == 4 and shapes[k][:1] + shapes[k][2:] ==
+                                                                 tuple(v.shape)[:1] + tuple(v.shape)[2:]))
+                for k, v in state.items()):
+            return arch
+    return None
+
+
+def _mismatch_message(error: str, source: str, model_name: str, classes: int, file: str | None) -> str:
+    """One line for torch's ``Error(s) in loading state_dict`` (which lists every key): counts, the first keys and
+    the likely cause."""
+    missing = unexpected = []
+    shaped = []
+    for part in error.split("\n\t"):
+        if part.startswith("Missing key(s)"):
+            missing = _keys_of(part)
+        elif part.startswith("Unexpected key(s)"):
+            unexpected = _keys_of(part)
+        elif part.startswith("size mismatch for "):
+            found = re.match(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "
+                             r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)", part)
+            shaped.append(f"{found[1]} (file {found[2]}, model {found[3]})" if found else part.split(":")[0][18:])
+
+    def listed(what: str, keys: list[str]) -> str:
+        more = f", ... {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
+        return f"{len(keys)} {what} ({', '.join(keys[:_SHOWN_KEYS])}{more})"
+
+    found = [listed(w, k) for w, k in (("missing", missing), ("unexpected", unexpected),
+                                       ("differently shaped", shaped)) if k]
+    head = (f"TimmCNN: the weights in {source} do not match timm {model_name!r} (in_chans=1, classifier of "
+            f"{classes} classes): {'; '.join(found) or error.splitlines()[0]}. ")
+    guess = _guess_arch(_file_shapes(file)) if file else None
+    arch = __import__("timm").models.get_arch_name(model_name)
+    classifier_only = not missing and not unexpected and all(
+        key.startswith(("fc.", "classifier.", "head.", "last_linear.")) for key in shaped)
+    if guess is not None and guess != arch:
+        return head + (f"This file looks like a {guess} checkpoint: set name={guess} "
+                       f"(--model.init_args.encoder.init_args.name {guess}) or pass weights of {model_name}")
+    if classifier_only:
+        return head + ("Only the classifier's size differs: pass pretrained_classes=N (N: the rows of the file's "
+                       "classifier; --model.init_args.encoder.init_args.pretrained_classes N)")
+    return head + (f"The file is not a plain {model_name} checkpoint (another architecture or an edited state "
+                   "dict): pass weights of this architecture")
+
+
 class TimmCNN(nn.Module):
     """A timm CNN on one-channel log-mel spectrograms, globally pooled (see the module docstring).
 
@@ -207,19 +296,26 @@ class TimmCNN(nn.Module):
             offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
             raise FileNotFoundError(
                 f"TimmCNN: the weights of hub id {source!r} are not in the Hugging Face cache {where} and the hub "
-                f"cannot be reached{offline}. On a machine with network, fetch them with\n"
-                f"    hf download {repo} model.safetensors{' --revision ' + revision if revision else ''} "
-                "--local-dir DIR   (older huggingface_hub: huggingface-cli download ...)\n"
-                f"then copy DIR here and pass pretrained=DIR/model.safetensors, or fetch with the hub id into a "
-                f"cache and copy it to {where} (or point HF_HUB_CACHE at it)") from e
+                f"cannot be reached{offline}. On a machine with network, fetch them with "
+                f"`hf download {repo} model.safetensors{' --revision ' + revision if revision else ''} "
+                "--local-dir DIR` (older huggingface_hub: `huggingface-cli download ...`), copy DIR here and pass the "
+                "file: on the command line --model.init_args.encoder.init_args.pretrained DIR/model.safetensors; "
+                "in an `audio-ssl cv` frozen probe --pipeline-set 'model_overrides=[\"--model.init_args.encoder."
+                "init_args.pretrained\", \"DIR/model.safetensors\"]'. Or fetch with the hub id into a cache and copy "
+                f"it to {where} (or point HF_HUB_CACHE at it)") from e
         except RuntimeError as e:
             if "Error(s) in loading state_dict" not in str(e):
                 raise
-            detail = str(e) if len(str(e)) <= 2000 else str(e)[:2000] + " ... (truncated)"
-            raise ValueError(
-                f"TimmCNN: the weights in {source} do not match timm {model_name!r} (in_chans=1, classifier of "
-                f"{classes} classes); if only the classifier's size differs, pass pretrained_classes=N. "
-                f"{detail}") from e
+            raise ValueError(_mismatch_message(str(e), source, model_name, classes, overlay.get("file"))) from e
+
+    @property
+    def weights_source(self) -> str:
+        """Where the weights came from (named in results): :attr:`pretrained_source`."""
+        return self.pretrained_source
+
+    def describe(self) -> str:
+        """The model for results tables: ``TimmCNN efficientnet_b0``."""
+        return f"{type(self).__name__} {self.name}"
 
     # ------------------------------------------------------------------ layer-wise lr decay
     def layer_id(self, param_name: str) -> int:

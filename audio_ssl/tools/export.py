@@ -7,7 +7,8 @@
 sample rate in, class probabilities ``[batch, num_classes]`` out, front end included, class names and sample rate
 in the model's ``metadata_props`` (see :mod:`audio_ssl.export.onnx` for when the length is dynamic). The file is
 checked against PyTorch with onnxruntime before the command reports success. Default ``--out``: the checkpoint's
-path with ``.onnx``.
+path with ``.onnx``; an existing folder as ``--out`` (or one ending in ``/``) gets the checkpoint's stem + ``.onnx``
+inside it. A front end with no ONNX equivalent is refused at once (``--format hear`` exports any).
 
 ``hear`` (any method): a folder named ``--out`` (a Python identifier: it is the module name) holding
 ``__init__.py`` and ``model.ckpt``; put its parent on ``PYTHONPATH`` and pass the folder's name to the HEAR kit
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="audio-ssl checkpoint (.ckpt)")
     parser.add_argument("--format", choices=("onnx", "hear"), required=True, help="what to write")
     parser.add_argument("--out", default=None,
-                        help="onnx: the .onnx file (default: the checkpoint's path with .onnx); hear: the module folder")
+                        help="onnx: the .onnx file, or an existing folder (or a path ending in /) to hold "
+                             "<checkpoint stem>.onnx (default: the checkpoint's path with .onnx); hear: the module "
+                             "folder")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     return parser
 

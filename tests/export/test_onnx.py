@@ -5,6 +5,7 @@ exports, the metadata, input checks, and the refusal of a non-classifier; the ``
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,37 @@ def test_export_command(supervised_ckpt, simclr_ckpt, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             cli_main(["export", *args])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_export_into_a_folder_and_bad_out_refused_before_loading(supervised_ckpt, tmp_path, capsys, monkeypatch):
+    from audio_ssl.export import onnx as onnx_export
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert onnx_export.onnx_path(supervised_ckpt, folder) == folder / f"{supervised_ckpt.stem}.onnx"
+    assert onnx_export.onnx_path(supervised_ckpt, f"{tmp_path}/new/") == tmp_path / "new" / f"{supervised_ckpt.stem}.onnx"
+    (tmp_path / "afile").write_text("x")
+
+    def not_loaded(path):
+        raise AssertionError("the checkpoint was loaded before --out was checked")
+
+    monkeypatch.setattr(onnx_export, "load_trained_method", not_loaded)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["export", "--format", "onnx", str(supervised_ckpt), "--out", str(tmp_path / "afile" / "m.onnx")])
+    assert exit_info.value.code == 2 and "afile is a file, not a folder" in capsys.readouterr().err
+
+
+def test_front_end_without_onnx_twin_names_checkpoint_and_hear(supervised_ckpt, tmp_path, monkeypatch):
+    from audio_ssl.export import onnx as onnx_export
+
+    trained = load_trained_method(supervised_ckpt)
+    trained.method.frontend = torch.nn.Identity()
+    monkeypatch.setattr(onnx_export, "load_trained_method", lambda path: trained)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(supervised_ckpt))}: cannot export to ONNX: no export-friendly "
+                                         r"equivalent of the front end torch.nn.modules.linear.Identity.*"
+                                         r"audio-ssl export --format hear .* --out DIR"):
+        export_onnx(supervised_ckpt, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_hear_module_folder(simclr_ckpt, tmp_path, capsys, monkeypatch):

@@ -420,6 +420,8 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert set(raw) == {"cfg", "model"} and raw["cfg"] == TINY_ITER3
     loaded = load_beats_checkpoint(path)
     assert not loaded.training and loaded.label_dict is None
+    assert loaded.weights_source == str(path.resolve()) and model.weights_source == "random init"
+    assert loaded.describe() == f"BEATs {TINY_ITER3['encoder_layers']} layers x {TINY_ITER3['encoder_embed_dim']}"
     waves = _waves(2, 16000)
     with torch.no_grad():
         assert torch.equal(model(waves).features, loaded(waves).features)

@@ -5,6 +5,7 @@ strict loading, the sample-rate check, the offline error and the layer ids of la
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,22 @@ def test_pickles_with_weights_modes_and_frozen_parameters(folders):
     assert {n: m.training for n, m in copy.named_modules()} == {n: m.training for n, m in encoder.named_modules()}
     assert {n for n, p in copy.named_parameters() if not p.requires_grad} == \
         {n for n, p in encoder.named_parameters() if not p.requires_grad} != set()
+
+
+def test_names_its_model_and_the_source_of_its_weights(folders):
+    from audio_ssl.evaluation.lightning_stage import describe_encoder
+    from audio_ssl.evaluation.pipelines import weights_source
+
+    folder = str(folders["hubert"])
+    encoder = HFAudioEncoder(folder)
+    assert encoder.describe() == f"HFAudioEncoder {folder} (hubert)"
+    assert encoder.weights_source == folder
+    assert re.fullmatch(rf"HFAudioEncoder {re.escape(folder)} \(hubert\), \d+\.\d\dM params",
+                        describe_encoder(encoder))
+    config = {"init_args": {"encoder": {"init_args": {"model": folder, "pretrained": True}}}}
+    assert weights_source(config, encoder) == f"weights from outside: HFAudioEncoder weights {folder}"
+    assert HFAudioEncoder(folder, pretrained=False).weights_source == f"random init (the architecture of {folder})"
+    assert HFAudioEncoder(folder, revision="main").weights_source == f"{folder}@main"
+    import pickle
+
+    assert pickle.loads(pickle.dumps(encoder)).weights_source == folder

@@ -8,6 +8,7 @@ back through ``TimmCNN(pretrained=...)``, the path a user's hub id or file takes
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -111,36 +112,83 @@ def test_hub_id_loads_from_the_cache(filename, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
 
+def test_names_its_architecture_and_the_source_of_its_weights(tmp_path):
+    from audio_ssl.evaluation.lightning_stage import describe_encoder
+    from audio_ssl.evaluation.pipelines import weights_source
+
+    path = save_weights(rgb_weights("resnet18"), tmp_path / "r18.safetensors")
+    encoder = TimmCNN("resnet18", pretrained=str(path))
+    assert encoder.describe() == "TimmCNN resnet18" and encoder.weights_source == str(path.resolve())
+    assert re.fullmatch(r"TimmCNN resnet18, 11\.\d\dM params", describe_encoder(encoder))
+    config = {"init_args": {"encoder": {"init_args": {"name": "resnet18", "pretrained": str(path)}}}}
+    assert weights_source(config, encoder) == (f"weights from outside: TimmCNN weights {path.resolve()}; "
+                                               f"model.init_args.encoder.init_args.pretrained={path}")
+    assert TimmCNN("resnet18").weights_source == "random init"
+    from audio_ssl.evaluation.lightning_stage import starting_weights
+    from audio_ssl.methods.supervised import SupervisedClassifier
+
+    tuned = SupervisedClassifier(encoder=encoder, num_classes=5)
+    assert starting_weights(tuned) == (f"weights from outside: TimmCNN weights {path.resolve()}",
+                                       "fine-tune from a pretrained encoder")
+    assert starting_weights(SupervisedClassifier(encoder=TimmCNN("resnet18"), num_classes=5)) == (
+        "none", "supervised from scratch")
+
+
 def test_hub_id_offline_says_what_to_fetch(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         TimmCNN("efficientnet_b0", pretrained="timm/efficientnet_b0.ra_in1k", cache_dir=str(tmp_path / "empty"))
     message = str(error.value)
+    assert "\n" not in message
     assert "hf download timm/efficientnet_b0.ra_in1k model.safetensors --local-dir DIR" in message
     assert str(tmp_path / "empty") in message and "HF_HUB_OFFLINE" in message
-    assert "pretrained=DIR/model.safetensors" in message
+    assert "--model.init_args.encoder.init_args.pretrained DIR/model.safetensors" in message
+    assert ("--pipeline-set 'model_overrides=[\"--model.init_args.encoder.init_args.pretrained\", "
+            "\"DIR/model.safetensors\"]'") in message
+
+
+def test_cli_error_is_the_encoders_message_without_union_bookkeeping():
+    from audio_ssl.cli import short_error
+
+    # what jsonargparse raises when TimmCNN's constructor fails while the CLI instantiates the model (abridged)
+    raw = ("Does not validate against any of the Union subtypes\nSubtypes: [<class 'BaseMethod'>, <class 'NoneType'>]"
+           "\nErrors:\n  - Does not validate against any of the Union subtypes\n    Subtypes: [<class 'Module'>, "
+           "<class 'NoneType'>]\n    Errors:\n      - TimmCNN: the weights of hub id 'x/y' are not in the cache\n"
+           "      - Expected a <class 'NoneType'>\n    Given value type: <class 'Namespace'>\n    Given value: "
+           "Namespace(class_path='audio_ssl.models.TimmCNN')\n  - Expected a <class 'NoneType'>\nGiven value type: "
+           "<class 'Namespace'>\nGiven value: Namespace(class_path='SupervisedClassifier')")
+    assert short_error(raw) == "TimmCNN: the weights of hub id 'x/y' are not in the cache"
 
 
 def test_mismatched_file_fails_strictly_naming_file_and_keys(tmp_path):
     state = rgb_weights("resnet18")
     missing = save_weights({k: v for k, v in state.items() if k != "layer2.0.bn1.running_var"},
                            tmp_path / "missing.safetensors")
-    with pytest.raises(ValueError, match=r"(?s)missing\.safetensors.*layer2\.0\.bn1\.running_var"):
+    with pytest.raises(ValueError, match=r"missing\.safetensors .*: 1 missing \(layer2\.0\.bn1\.running_var\)\. "
+                                         r"The file is not a plain resnet18 checkpoint"):
         TimmCNN("resnet18", pretrained=str(missing))
     extra = save_weights({**state, "layer9.weight": torch.zeros(3)}, tmp_path / "extra.pth")
-    with pytest.raises(ValueError, match=r"(?s)extra\.pth.*Unexpected key.*layer9\.weight"):
+    with pytest.raises(ValueError, match=r"extra\.pth.*1 unexpected \(layer9\.weight\)"):
         TimmCNN("resnet18", pretrained=str(extra))
     shape = dict(state, **{"layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)})
-    with pytest.raises(ValueError, match=r"(?s)shape\.safetensors.*size mismatch for layer1\.0\.conv1\.weight"):
+    with pytest.raises(ValueError, match=r"shape\.safetensors.*1 differently shaped \(layer1\.0\.conv1\.weight "
+                                         r"\(file \[64, 64, 1, 1\], model \[64, 64, 3, 3\]\)\)"):
         TimmCNN("resnet18", pretrained=str(save_weights(shape, tmp_path / "shape.safetensors")))
-    other_arch = save_weights(rgb_weights("efficientnet_b0"), tmp_path / "effnet.safetensors")
-    with pytest.raises(ValueError, match=r"(?s)effnet\.safetensors do not match timm 'resnet18'.*conv1\.weight"):
+    other_arch = save_weights(rgb_weights("resnet50"), tmp_path / "r50.safetensors")
+    with pytest.raises(ValueError) as error:
         TimmCNN("resnet18", pretrained=str(other_arch))
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 800, message
+    assert re.search(r"r50\.safetensors do not match timm 'resnet18'.*: \d+ unexpected \(.*, \.\.\. \d+ more\); "
+                     r"\d+ differently shaped", message), message
+    assert message.endswith("This file looks like a resnet50 checkpoint: set name=resnet50 "
+                            "(--model.init_args.encoder.init_args.name resnet50) or pass weights of resnet18")
 
 
 def test_classifier_of_another_size_needs_pretrained_classes(tmp_path):
     state = rgb_weights("resnet18", num_classes=527)
     path = save_weights(state, tmp_path / "audioset.safetensors")
-    with pytest.raises(ValueError, match=r"(?s)pretrained_classes=N.*size mismatch for fc\.weight"):
+    with pytest.raises(ValueError, match=r"2 differently shaped \(fc\.weight \(file \[527, 512\], model \[1000, 512\]\)"
+                                         r".*Only the classifier's size differs: pass pretrained_classes=N"):
         TimmCNN("resnet18", pretrained=str(path))
     assert_loaded(TimmCNN("resnet18", pretrained=str(path), pretrained_classes=527), state, "conv1")
 
