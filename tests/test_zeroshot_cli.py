@@ -132,6 +132,7 @@ def test_a_missing_file_is_named_and_the_others_still_scored(hub, recordings, tm
     (["--labels", "dog", "--window-seconds", "2"], "--window-seconds 2 is longer than the 1 s"),
     (["--labels", "dog", "--hop-seconds", "2"], "--hop-seconds 2 is longer than the 1 s window"),
     (["--labels", "dog", "--out", "x.xlsx"], "--out x.xlsx: name a .csv or .json file"),
+    (["--labels", "dog", "--device", "banana"], "--device banana: not a torch device"),
 ])
 def test_bad_input_is_named(hub, recordings, capsys, args, message):
     _, short, _ = recordings

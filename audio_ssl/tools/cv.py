@@ -79,12 +79,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognised argument(s) {stray}: Lightning overrides look like --trainer.max_epochs 3")
     overrides = parse_set_overrides(args.set) + extra
     from audio_ssl.data.audio import AudioDecodeError
+    from audio_ssl.models.beats import BEATsCheckpointError
 
     try:
         summary = run_cv(args.config[0], folds=args.folds, name=args.name, out=args.out, overrides=overrides,
                          wandb=not args.no_wandb, analyze=not args.no_analysis, examples=args.examples,
                          overlays=args.config[1:], pipeline_set=args.pipeline_set)
-    except (ValueError, FileNotFoundError, AudioDecodeError) as err:
+    except (ValueError, AudioDecodeError, BEATsCheckpointError, OSError) as err:
+        # OSError: a missing file, or a pretrained model that cannot be loaded (ClapLoadError,
+        # HFModelNotFoundError); a full disk or a write refused is reported the same way, in one line.
         if os.environ.get("AUDIO_SSL_TRACEBACK"):
             raise
         from audio_ssl.cli import short_error

@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         raise _fail(f"no audio files found in {' '.join(args.paths)} ({file_counts(0, 0, scan)})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise _fail(f"--device {device}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise _fail(f"--device {device}: this machine has no CUDA device; use --device cpu")
+    try:
         scorer = ZeroShotScorer(load_clap(args.model, revision=args.revision, device=device), prompts)
     except (ClapLoadError, ImportError) as err:
         raise _fail(str(err)) from None

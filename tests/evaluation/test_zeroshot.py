@@ -149,3 +149,14 @@ def test_apply_set_overrides():
         apply_set_overrides(config, ["--model"], "x.yaml")
     with pytest.raises(ValueError, match="cannot set model.name: model is not a mapping"):
         apply_set_overrides(config, ["--model.name", "c"])
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line_from_cv(esc50_root, cache_dir, tmp_path, capsys):
+    """Offline, the recipe's hub id fails with what to fetch, as one line: no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["cv", "--config", str(CONFIG), "--folds", "1", "--out", str(tmp_path / "results"), "--no-wandb",
+                  "--set", f"data.init_args.data_dir={esc50_root}", "--set", f"data.init_args.cache_dir={cache_dir}",
+                  "--set", f"model={tmp_path / 'no-such-model'}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "audio-ssl cv: error:" in err and "no-such-model" in err
