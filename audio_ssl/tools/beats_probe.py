@@ -23,6 +23,7 @@ from audio_ssl.evaluation.beats_probe import build_datamodule, missing_checkpoin
 from audio_ssl.evaluation.embeddings import default_feature_dir
 from audio_ssl.evaluation.fold import FoldOutput
 from audio_ssl.evaluation.probe import ProbeConfig, load_probe_config
+from audio_ssl.models.beats import BEATsCheckpointError
 from audio_ssl.utils.io import atomic_write
 
 
@@ -95,9 +96,12 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, FoldOutput]]:
         args.folds = [fold for group in args.folds for fold in group]
     datamodule = build_datamodule(data, (args.folds or [1])[0])
     layers = args.layers if args.layers is not None else model_args.get("layers")
-    outputs = run_beats_probe(checkpoint, datamodule, args.folds, layers=layers, probe=probe,
-                              feature_cache_dir=args.feature_cache_dir, bf16=args.bf16,
-                              clips_per_class=args.clips_per_class, random_init=not args.no_random_init)
+    try:
+        outputs = run_beats_probe(checkpoint, datamodule, args.folds, layers=layers, probe=probe,
+                                  feature_cache_dir=args.feature_cache_dir, bf16=args.bf16,
+                                  clips_per_class=args.clips_per_class, random_init=not args.no_random_init)
+    except BEATsCheckpointError as err:  # not an official-format BEATs checkpoint: one line, not a traceback
+        parser.error(str(err))
     for fold, variants in outputs.items():
         for variant, out in variants.items():
             metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(out.metrics.items()))

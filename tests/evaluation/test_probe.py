@@ -249,3 +249,14 @@ def test_beats_probe_folds_accept_commas_and_spaces():
     assert parser.parse_args(["--checkpoint", "x.pt", "--folds", "1,2", "4"]).folds == [[1, 2], [4]]
     with pytest.raises(SystemExit):
         parser.parse_args(["--checkpoint", "x.pt", "--folds", "one"])
+
+
+def test_beats_probe_on_a_file_that_is_not_beats_is_one_line(tmp_path, esc50_root, capsys):
+    from audio_ssl.tools.beats_probe import main as beats_probe_main
+
+    bad = tmp_path / "not_beats.pt"
+    bad.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        beats_probe_main(["--checkpoint", str(bad), "--data-dir", str(esc50_root), "--folds", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"{bad}: not a PyTorch BEATs checkpoint" in err and "Traceback" not in err
