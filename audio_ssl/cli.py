@@ -26,6 +26,7 @@ a resumed run or a later ``test`` continues the same W&B run and CSV version (:m
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -441,30 +442,37 @@ def _option_pairs(argv: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _link_source_exists(source: str, configs: list, argv: list[str]) -> bool:
-    """Whether a :data:`LINKED` source is a parameter of the class chosen for it (the last ``class_path`` of
-    its section in ``configs`` or ``argv``): a masked method has ``patch_size``, a supervised one does not, and then
-    its Transformer encoder's own ``patch_size`` is the one to set. Unknown classes count as having it."""
-    import importlib
-    import inspect
+def chosen_class(section: str, configs: list, argv: list[str] = ()) -> type | None:
+    """The class a run builds for ``section`` (``model``, ``model.init_args.frontend``, ...): the last
+    ``class_path`` of that section in ``configs`` (parsed YAML mappings, in ``--config`` order), then on the command
+    line; ``None`` when none is named or it cannot be imported (the CLI reports that itself)."""
+    import pkgutil
 
-    owner = source.rsplit(".init_args.", 1)[0]  # model.init_args.patch_size -> model
     class_path = None
     for config in configs:
-        try:
-            class_path = _nested(config, f"{owner}.class_path")
-        except KeyError:
-            pass
-    for option in _option_values(argv, f"--{owner}.class_path") + _option_values(argv, f"--{owner}"):
+        with contextlib.suppress(KeyError):
+            class_path = _nested(config, f"{section}.class_path")
+    for option in _option_values(list(argv), f"--{section}.class_path") + _option_values(list(argv), f"--{section}"):
         class_path = option if "." in option and not option.lstrip().startswith("{") else class_path
     if not isinstance(class_path, str) or "." not in class_path:
-        return True
-    module, _, name = class_path.rpartition(".")
+        return None
     try:
-        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
-    except (ImportError, AttributeError, TypeError, ValueError):
+        return pkgutil.resolve_name(class_path)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _link_source_exists(source: str, configs: list, argv: list[str]) -> bool:
+    """Whether a :data:`LINKED` source is a parameter of the class chosen for it (:func:`chosen_class`): a masked
+    method has ``patch_size``, a supervised one does not, and then its Transformer encoder's own ``patch_size`` is
+    the one to set. Unknown classes count as having it."""
+    import inspect
+
+    cls = chosen_class(source.rsplit(".init_args.", 1)[0], configs, argv)  # model.init_args.patch_size -> model
+    try:
+        return cls is None or source.rsplit(".", 1)[1] in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
         return True
-    return source.rsplit(".", 1)[1] in parameters
 
 
 def _with_run_name(value, name: str):

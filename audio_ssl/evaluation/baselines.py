@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import os
+import pkgutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -84,9 +84,8 @@ def build_datamodule(data_config: dict, test_fold: int) -> FoldAudioDataModule:
     if not isinstance(data_config, dict) or "class_path" not in data_config:
         raise ValueError(f"config key 'data' must be a mapping with a 'class_path', got {data_config!r}")
     class_path = data_config["class_path"]
-    module_name, _, class_name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = pkgutil.resolve_name(class_path)
     except (ImportError, AttributeError, ValueError) as err:
         raise ValueError(f"data.class_path={class_path!r} cannot be imported: {err}") from err
     if not (isinstance(cls, type) and issubclass(cls, FoldAudioDataModule)):

@@ -110,26 +110,18 @@ def lightning_task(context: FoldContext) -> dict[str, FoldOutput]:
 def refuse_non_classifier(configs: list[Path]) -> None:
     """Raise ValueError before any training when the stacked Lightning YAMLs build a method that does not classify
     (``classifies = False``: SimCLR, BYOL-A, masked prediction): the fold's test would have nothing to score."""
-    import importlib
-
     import yaml
 
-    class_path, source = None, None
-    for path in configs:
-        model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
-        if isinstance(model, dict) and isinstance(model.get("class_path"), str):
-            class_path, source = model["class_path"], path
-    if class_path is None or "." not in class_path:
-        return
-    module, _, name = class_path.rpartition(".")
-    try:
-        method = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return  # the Lightning CLI names a wrong class path itself
-    if getattr(method, "classifies", True) is False:
-        raise ValueError(f"{source}: {name} does not classify (classifies = False), so a fold has nothing to test: "
-                         f"evaluate it with its pretrain-then-probe pipeline (e.g. experiments/"
-                         f"{Path(source).stem}_probe.yaml, pipeline: pretrain_probe)")
+    from audio_ssl.cli import chosen_class
+
+    loaded = [(Path(path), yaml.safe_load(Path(path).read_text()) or {}) for path in configs]
+    method = chosen_class("model", [config for _, config in loaded])
+    if method is None or getattr(method, "classifies", True) is not False:
+        return  # a classifier, or a class path the Lightning CLI will report itself
+    source = [path for path, config in loaded if "class_path" in (config.get("model") or {})][-1]
+    raise ValueError(f"{source}: {method.__name__} does not classify (classifies = False), so a fold has nothing to "
+                     f"test: evaluate it with its pretrain-then-probe pipeline (e.g. experiments/{source.stem}_probe.yaml, "
+                     "pipeline: pretrain_probe)")
 
 
 def check_pipeline_config(config: dict, pipeline: str, source: str = "<config>") -> None:

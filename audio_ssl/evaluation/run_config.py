@@ -11,9 +11,9 @@ YAMLs (``pretrain: simclr.yaml``), relative to its own folder. A stage may name 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
+import pkgutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,10 +146,9 @@ def infer_num_folds(config: dict, config_path: Path) -> int:
     """Folds of the data module a config (or a YAML it references) names by ``data.class_path``."""
     data = config.get("data")
     if isinstance(data, dict) and isinstance(data.get("class_path"), str):
-        module_name, _, class_name = data["class_path"].rpartition(".")
         try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as err:
+            cls = pkgutil.resolve_name(data["class_path"])
+        except (ImportError, AttributeError, ValueError) as err:
             raise ValueError(f"{config_path}: data.class_path {data['class_path']!r} cannot be imported: {err}") from err
         if getattr(cls, "num_folds", 0):
             return int(cls.num_folds)

@@ -32,13 +32,12 @@ def saw_test_fold(data_meta: dict, test_fold: int) -> str | None:
 def check_test_fold(test_fold: int, data_meta: dict, checkpoint: Path) -> None:
     """Raise ValueError naming ``--test-fold`` when ``test_fold`` is not a fold of the checkpoint's dataset (its
     recorded ``num_folds``, else its data module class's); nothing to check when neither is known."""
-    import importlib
+    import pkgutil
 
     num_folds = data_meta.get("num_folds")
     if not num_folds and isinstance(data_meta.get("class_path"), str):
-        module, _, name = data_meta["class_path"].rpartition(".")
         try:
-            num_folds = getattr(getattr(importlib.import_module(module), name), "num_folds", None)
+            num_folds = getattr(pkgutil.resolve_name(data_meta["class_path"]), "num_folds", None)
         except (ImportError, AttributeError, ValueError):
             num_folds = None
     if num_folds and not 1 <= test_fold <= int(num_folds):
