@@ -451,19 +451,29 @@ def main(argv: list[str] | None = None) -> None:
                                          timeline=args.timeline, progress=args.progress))
         except AudioDecodeError as err:
             failed += 1
-            reason = str(err) if str(path) in str(err) else f"{path}: {err}"
-            print(f"audio-ssl classify: cannot read {reason}", file=sys.stderr)
-            records.append({"file": str(path), "error": reason})
+            records.append(unreadable("audio-ssl classify", path, err))
 
-    if args.out == "-":
-        write_predictions(records, sys.stdout, fmt, top_k, args.timeline)
-    else:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as stream:
-            write_predictions(records, stream, fmt, top_k, args.timeline)
+    save_predictions(records, args.out, fmt, top_k, args.timeline)
     print(f"audio-ssl classify: {file_counts(len(files) - failed, failed, scan)}", file=sys.stderr)
     if failed:
         raise SystemExit(1)
+
+
+def unreadable(program: str, path: Path, err: Exception) -> dict:
+    """Name an unreadable file on stderr; its error row for the predictions file."""
+    reason = str(err) if str(path) in str(err) else f"{path}: {err}"
+    print(f"{program}: cannot read {reason}", file=sys.stderr)
+    return {"file": str(path), "error": reason}
+
+
+def save_predictions(records: list[dict], out: str, fmt: str, top_k: int, timeline: bool) -> None:
+    """:func:`write_predictions` to ``out`` (``-``: standard output), its folder created."""
+    if out == "-":
+        write_predictions(records, sys.stdout, fmt, top_k, timeline)
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as stream:
+        write_predictions(records, stream, fmt, top_k, timeline)
 
 
 def file_counts(classified: int, failed: int, scan: FileScan) -> str:

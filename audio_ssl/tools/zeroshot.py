@@ -50,8 +50,9 @@ from audio_ssl.tools.classify import (
     file_counts,
     positive_seconds,
     read_label_file,
+    save_predictions,
     scan_paths,
-    write_predictions,
+    unreadable,
 )
 
 __all__ = ["ZeroShotScorer", "build_parser", "main", "parse_labels"]
@@ -172,19 +173,15 @@ def main(argv: list[str] | None = None) -> None:
             record = classify_file(path, scorer, labels, window, hop, top_k, args.batch_size, timeline=args.timeline)
         except AudioDecodeError as err:
             failed += 1
-            reason = str(err) if str(path) in str(err) else f"{path}: {err}"
-            print(f"audio-ssl zeroshot: cannot read {reason}", file=sys.stderr)
-            records.append({"file": str(path), "error": reason})
+            records.append(unreadable("audio-ssl zeroshot", path, err))
             continue
         records.append(record)
         best = ", ".join(f"{t['name']} {t['prob']:.3f}" for t in record["top_k"])
         print(f"{path}: {best}")
 
     if args.out is not None:
-        fmt = "json" if args.out.lower().endswith(".json") else "csv"
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as stream:
-            write_predictions(records, stream, fmt, top_k, args.timeline)
+        save_predictions(records, args.out, "json" if args.out.lower().endswith(".json") else "csv", top_k,
+                         args.timeline)
     print(f"audio-ssl zeroshot: {file_counts(len(scan.audio) - failed, failed, scan)}", file=sys.stderr)
     if failed:
         raise SystemExit(1)
