@@ -59,6 +59,31 @@ def tiny_classifier(tmp_path_factory, esc50_root, cache_dir):
     return train_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"), esc50_root, cache_dir, "resnet")
 
 
+@pytest.fixture(scope="session")
+def tiny_clap_folder(tmp_path_factory):
+    """A tiny random CLAP model and processor written with ``save_pretrained`` (``clap_utils.save_tiny_clap``)."""
+    from clap_utils import save_tiny_clap
+
+    return save_tiny_clap(tmp_path_factory.mktemp("tiny-clap") / "model")
+
+
+@pytest.fixture
+def clap_offline(monkeypatch):
+    """The Hugging Face Hub off for this test, in the environment and in huggingface_hub's constant."""
+    from clap_utils import hub_offline
+
+    hub_offline(monkeypatch)
+
+
+@pytest.fixture
+def clap_hub(clap_offline, tiny_clap_folder, monkeypatch, tmp_path):
+    """A Hub cache in ``tmp_path`` holding the tiny CLAP model as ``clap_utils.TINY_ID``, the Hub off; the folder."""
+    from clap_utils import offline_hub
+
+    offline_hub(monkeypatch, tmp_path, tiny_clap_folder)
+    return tiny_clap_folder
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tests use tiny tensors that gain nothing from intra-op threads, and on a shared 2-core machine the

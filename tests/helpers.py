@@ -15,7 +15,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["TINY_ENCODERS", "exit_code_and_output", "tiny_cv_overrides", "train_tiny_classifier"]
+__all__ = ["TINY_ENCODERS", "exit_code_and_output", "tiny_cv_overrides", "train_tiny_classifier", "train_tiny_model"]
 
 TINY_ENCODERS = {
     "resnet": "{class_path: audio_ssl.models.AudioResNet, init_args: {layers: [1, 1], widths: [4, 8]}}",
@@ -25,36 +25,43 @@ TINY_ENCODERS = {
 """Encoders of :func:`train_tiny_classifier` (a YAML flow mapping each)."""
 
 
-def train_tiny_classifier(root: Path, esc50_root: Path, cache_dir: Path, encoder: str = "resnet") -> tuple[Path, Path]:
-    """Fit a tiny SupervisedClassifier (``TINY_ENCODERS[encoder]``, 1 s clips, 32 mels, TTA with 2 views, seed 0)
-    for two steps; returns ``(config, last.ckpt)``: ``root/{encoder}.yaml`` and ``root/{encoder}/checkpoints/``."""
+def train_tiny_model(root: Path, esc50_root: Path, cache_dir: Path, name: str, model: str) -> tuple[Path, Path]:
+    """Fit ``model`` (the YAML of a ``model:`` block, unindented) for two steps on the generated ESC-50 (1 s clips,
+    batches of 8, seed 0, no logger); returns ``(config, last.ckpt)``: ``root/{name}.yaml`` and
+    ``root/{name}/checkpoints/last.ckpt``."""
     from audio_ssl.cli import build_cli
 
-    config = root / f"{encoder}.yaml"
+    config = root / f"{name}.yaml"
     config.write_text(textwrap.dedent(f"""\
         seed_everything: 0
         trainer: {{max_epochs: 1, limit_train_batches: 2, limit_val_batches: 0, accelerator: cpu, devices: 1,
                    logger: false, enable_progress_bar: false, enable_model_summary: false}}
-        checkpoint: {{dirpath: {root / encoder / "checkpoints"}, monitor: null}}
-        model:
-          class_path: audio_ssl.methods.SupervisedClassifier
-          init_args:
-            encoder: {TINY_ENCODERS[encoder]}
-            frontend:
-              class_path: audio_ssl.features.LogMelSpectrogram
-              init_args: {{n_fft: 512, hop_length: 256, n_mels: 32, normalize: instance}}
-            tta_views: 2
-            optimizer: adamw
-            scheduler: constant
-            lr: 0.01
+        checkpoint: {{dirpath: {root / name / "checkpoints"}, monitor: null}}
         data:
           class_path: audio_ssl.data.ESC50DataModule
           init_args: {{data_dir: {esc50_root}, cache_dir: {cache_dir}, clip_seconds: 1.0, batch_size: 8, num_workers: 0}}
-        """))
+        model:
+        """) + textwrap.indent(textwrap.dedent(model).strip("\n"), "  ") + "\n")
     build_cli(["fit", "--config", str(config)])
-    checkpoint = root / encoder / "checkpoints" / "last.ckpt"
+    checkpoint = root / name / "checkpoints" / "last.ckpt"
     assert checkpoint.exists()
     return config, checkpoint
+
+
+def train_tiny_classifier(root: Path, esc50_root: Path, cache_dir: Path, encoder: str = "resnet") -> tuple[Path, Path]:
+    """Fit a tiny SupervisedClassifier (``TINY_ENCODERS[encoder]``, 1 s clips, 32 mels, TTA with 2 views, seed 0)
+    for two steps (:func:`train_tiny_model`); returns ``(config, last.ckpt)``."""
+    return train_tiny_model(root, esc50_root, cache_dir, encoder, f"""
+        class_path: audio_ssl.methods.SupervisedClassifier
+        init_args:
+          encoder: {TINY_ENCODERS[encoder]}
+          frontend:
+            class_path: audio_ssl.features.LogMelSpectrogram
+            init_args: {{n_fft: 512, hop_length: 256, n_mels: 32, normalize: instance}}
+          tta_views: 2
+          optimizer: adamw
+          scheduler: constant
+          lr: 0.01""")
 
 
 def tiny_cv_overrides(esc50_root, cache_dir) -> list[str]:

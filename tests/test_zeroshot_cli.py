@@ -11,29 +11,16 @@ import soundfile as sf
 
 pytest.importorskip("transformers")
 
-from clap_utils import SAMPLE_RATE, TINY_ID, hub_offline, offline_hub, save_tiny_clap  # noqa: E402
+from clap_utils import SAMPLE_RATE, TINY_ID  # noqa: E402
 
 from audio_ssl.cli import main as cli_main  # noqa: E402
 from audio_ssl.data.audio import decode_audio  # noqa: E402
 from audio_ssl.evaluation.windows import window_starts  # noqa: E402
 from audio_ssl.models.clap import load_clap, prompts_for  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("clap_offline")  # nothing here may reach the Hugging Face Hub
+
 LABELS = ["dog barking", "siren", "rain"]
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    hub_offline(monkeypatch)  # nothing here may reach the Hugging Face Hub
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    return save_tiny_clap(tmp_path_factory.mktemp("tiny-clap-cli") / "model")
-
-
-@pytest.fixture
-def hub(tiny_folder, monkeypatch, tmp_path):
-    offline_hub(monkeypatch, tmp_path, tiny_folder)
 
 
 @pytest.fixture
@@ -70,7 +57,7 @@ def run(argv, capsys):
     return code, out, err
 
 
-def test_scores_files_and_folders_like_windows_scored_by_hand(hub, recordings, tmp_path, capsys):
+def test_scores_files_and_folders_like_windows_scored_by_hand(clap_hub, recordings, tmp_path, capsys):
     folder, short, long = recordings
     out_csv = tmp_path / "out" / "pred.csv"
     code, out, err = run(["zeroshot", "--model", TINY_ID, "--labels", " dog barking, siren ,rain", "--top-k", "2",
@@ -92,7 +79,7 @@ def test_scores_files_and_folders_like_windows_scored_by_hand(hub, recordings, t
     assert float(rows[1]["duration"]) == pytest.approx(0.4)
 
 
-def test_labels_file_and_json_output(hub, recordings, tmp_path, capsys):
+def test_labels_file_and_json_output(clap_hub, recordings, tmp_path, capsys):
     _, short, _ = recordings
     labels = tmp_path / "labels.txt"
     labels.write_text("dog barking\n\nsiren\nrain\n")
@@ -109,7 +96,7 @@ def test_labels_file_and_json_output(hub, recordings, tmp_path, capsys):
     assert sum(t["prob"] for t in record["top_k"]) == pytest.approx(1.0, rel=1e-5)
 
 
-def test_a_missing_file_is_named_and_the_others_still_scored(hub, recordings, tmp_path, capsys):
+def test_a_missing_file_is_named_and_the_others_still_scored(clap_hub, recordings, tmp_path, capsys):
     _, short, _ = recordings
     missing = tmp_path / "missing.wav"
     out_csv = tmp_path / "pred.csv"
@@ -134,13 +121,13 @@ def test_a_missing_file_is_named_and_the_others_still_scored(hub, recordings, tm
     (["--labels", "dog", "--out", "x.xlsx"], "--out x.xlsx: name a .csv or .json file"),
     (["--labels", "dog", "--device", "banana"], "--device banana: not a torch device"),
 ])
-def test_bad_input_is_named(hub, recordings, capsys, args, message):
+def test_bad_input_is_named(clap_hub, recordings, capsys, args, message):
     _, short, _ = recordings
     code, _, err = run(["zeroshot", "--model", TINY_ID, *args, str(short)], capsys)
     assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_offline_model_error_says_what_to_fetch(hub, recordings, capsys):
+def test_offline_model_error_says_what_to_fetch(clap_hub, recordings, capsys):
     _, short, _ = recordings
     code, _, err = run(["zeroshot", "--model", "laion/clap-htsat-unfused", "--labels", "dog", str(short)], capsys)
     assert code == 2 and "audio-ssl zeroshot: error: cannot load the CLAP model 'laion/clap-htsat-unfused'" in err

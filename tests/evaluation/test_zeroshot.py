@@ -14,7 +14,7 @@ import yaml
 
 pytest.importorskip("transformers")
 
-from clap_utils import TINY_ID, hub_offline, offline_hub, save_tiny_clap  # noqa: E402
+from clap_utils import TINY_ID  # noqa: E402
 
 from audio_ssl.cli import main as cli_main  # noqa: E402
 from audio_ssl.data.audio import decode_audio  # noqa: E402
@@ -24,23 +24,10 @@ from audio_ssl.evaluation.summary import results_table  # noqa: E402
 from audio_ssl.evaluation.zeroshot import round_robin_subset  # noqa: E402
 from audio_ssl.models.clap import load_clap, prompts_for  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("clap_offline")  # nothing here may reach the Hugging Face Hub
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "experiments" / "zoo" / "clap_zeroshot.yaml"
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    hub_offline(monkeypatch)  # nothing here may reach the Hugging Face Hub
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    return save_tiny_clap(tmp_path_factory.mktemp("tiny-clap-cv") / "model")
-
-
-@pytest.fixture
-def hub(tiny_folder, monkeypatch, tmp_path):
-    offline_hub(monkeypatch, tmp_path, tiny_folder)
 
 
 def sets(esc50_root, cache_dir, *extra) -> list[str]:
@@ -50,7 +37,7 @@ def sets(esc50_root, cache_dir, *extra) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
-def test_recipe_runs_every_fold_through_audio_ssl_cv(hub, esc50_root, cache_dir, tmp_path, capsys):
+def test_recipe_runs_every_fold_through_audio_ssl_cv(clap_hub, esc50_root, cache_dir, tmp_path, capsys):
     cli_main(["cv", "--config", str(CONFIG), "--out", str(tmp_path / "results"), "--no-wandb",
               *sets(esc50_root, cache_dir)])
     out = capsys.readouterr().out
@@ -83,7 +70,7 @@ def test_recipe_runs_every_fold_through_audio_ssl_cv(hub, esc50_root, cache_dir,
     assert predictions["label"].tolist() == [int(Path(f).stem.split("-")[-1]) for f in predictions["file"]]
 
 
-def test_max_clips_scores_a_class_covering_subset_and_says_so(hub, esc50_root, cache_dir, tmp_path):
+def test_max_clips_scores_a_class_covering_subset_and_says_so(clap_hub, esc50_root, cache_dir, tmp_path):
     overrides = parse_set_overrides([item for item in sets(esc50_root, cache_dir, "max_clips=3") if item != "--set"])
     summary = run_cv(CONFIG, out=tmp_path / "results", name="check", overrides=overrides, wandb=False, analyze=False)
     variant = summary["variants"]["clap_zeroshot"]
@@ -98,7 +85,7 @@ def test_max_clips_scores_a_class_covering_subset_and_says_so(hub, esc50_root, c
     assert "--max_clips" in json.loads((tmp_path / "results" / "check" / "summary.json").read_text())["overrides"]
 
 
-def test_pipeline_set_sets_the_keys_of_clap_zeroshot(hub, esc50_root, cache_dir, tmp_path):
+def test_pipeline_set_sets_the_keys_of_clap_zeroshot(clap_hub, esc50_root, cache_dir, tmp_path):
     """clap_zeroshot's keys are set with --pipeline-set like every pipeline's (--set works too); a bad value is
     refused before the run folder is written, naming the --pipeline-set item."""
     base = parse_set_overrides([item for item in sets(esc50_root, cache_dir) if item != "--set"])
@@ -111,7 +98,7 @@ def test_pipeline_set_sets_the_keys_of_clap_zeroshot(hub, esc50_root, cache_dir,
     assert not (tmp_path / "results" / "bad").exists()
 
 
-def test_config_errors_name_the_file_and_key(hub, esc50_root, cache_dir, tmp_path):
+def test_config_errors_name_the_file_and_key(clap_hub, esc50_root, cache_dir, tmp_path):
     config = yaml.safe_load(CONFIG.read_text())
     base = parse_set_overrides([item for item in sets(esc50_root, cache_dir) if item != "--set"])
     for extra, message in [({"max_clip": 3}, "unknown key(s) ['max_clip']"),

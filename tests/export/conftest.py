@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
-
-from audio_ssl.cli import build_cli
+from helpers import train_tiny_model
 
 FRONTEND = """
             frontend:
@@ -71,23 +69,9 @@ MODELS = {
 
 
 def train_tiny(root: Path, esc50_root: Path, cache_dir: Path, kind: str, **fmt) -> Path:
-    """Fit the tiny ``kind`` model of :data:`MODELS` for two steps; its last.ckpt."""
-    config = root / f"{kind}.yaml"
-    model = textwrap.dedent(MODELS[kind]).strip("\n").format(**fmt) if fmt else textwrap.dedent(MODELS[kind]).strip("\n")
-    config.write_text(textwrap.dedent(f"""\
-        seed_everything: 0
-        trainer: {{max_epochs: 1, limit_train_batches: 2, limit_val_batches: 0, accelerator: cpu, devices: 1,
-                   logger: false, enable_progress_bar: false, enable_model_summary: false}}
-        checkpoint: {{dirpath: {root / kind / "checkpoints"}, monitor: null}}
-        data:
-          class_path: audio_ssl.data.ESC50DataModule
-          init_args: {{data_dir: {esc50_root}, cache_dir: {cache_dir}, clip_seconds: 1.0, batch_size: 8, num_workers: 0}}
-        model:
-        """) + textwrap.indent(model, "  ") + "\n")
-    build_cli(["fit", "--config", str(config)])
-    checkpoint = root / kind / "checkpoints" / "last.ckpt"
-    assert checkpoint.exists()
-    return checkpoint
+    """Fit the tiny ``kind`` model of :data:`MODELS` for two steps (``helpers.train_tiny_model``); its last.ckpt."""
+    model = MODELS[kind].format(**fmt) if fmt else MODELS[kind]
+    return train_tiny_model(root, esc50_root, cache_dir, kind, model)[1]
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from clap_utils import SAMPLE_RATE, TINY_ID, hub_offline, offline_hub, save_tiny_clap  # noqa: E402
+from clap_utils import SAMPLE_RATE, TINY_ID, offline_hub, save_tiny_clap  # noqa: E402
 
 from audio_ssl.data.audio import resample  # noqa: E402
 from audio_ssl.models.clap import (  # noqa: E402
@@ -21,22 +21,13 @@ from audio_ssl.models.clap import (  # noqa: E402
     prompts_for,
 )
 
+pytestmark = pytest.mark.usefixtures("clap_offline")  # nothing here may reach the Hugging Face Hub
+
 PROMPTS = ["This is a sound of dog.", "This is a sound of siren.", "This is a sound of rain."]
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    hub_offline(monkeypatch)  # nothing here may reach the Hugging Face Hub
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    return save_tiny_clap(tmp_path_factory.mktemp("tiny-clap") / "model")
-
-
 @pytest.fixture
-def clap(tiny_folder, monkeypatch, tmp_path):
-    offline_hub(monkeypatch, tmp_path, tiny_folder)
+def clap(clap_hub):
     return load_clap(TINY_ID)
 
 
@@ -44,22 +35,22 @@ def noise(batch: int, seconds: float, rate: int, seed: int = 0) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal((batch, round(seconds * rate)))).astype(np.float32)
 
 
-def test_hub_id_loads_from_the_cache_and_probabilities_sum_to_one(clap, tiny_folder):
+def test_hub_id_loads_from_the_cache_and_probabilities_sum_to_one(clap, tiny_clap_folder):
     assert clap.source == TINY_ID and clap.sample_rate == SAMPLE_RATE and clap.max_samples == SAMPLE_RATE
     assert clap.logit_scale == pytest.approx(np.exp(2.5), rel=1e-6)
     probs = clap.zero_shot(noise(3, 0.5, 16000), 16000, PROMPTS)
     assert probs.shape == (3, 3) and probs.dtype == torch.float32
     torch.testing.assert_close(probs.sum(1), torch.ones(3))
     assert (probs > 0).all()
-    local = load_clap(str(tiny_folder))  # the same files as a local folder: the same numbers
+    local = load_clap(str(tiny_clap_folder))  # the same files as a local folder: the same numbers
     torch.testing.assert_close(local.zero_shot(noise(3, 0.5, 16000), 16000, PROMPTS), probs)
 
 
-def test_equals_a_direct_transformers_computation(clap, tiny_folder):
+def test_equals_a_direct_transformers_computation(clap, tiny_clap_folder):
     from transformers import ClapModel, ClapProcessor
 
-    model = ClapModel.from_pretrained(tiny_folder).eval()
-    processor = ClapProcessor.from_pretrained(tiny_folder)
+    model = ClapModel.from_pretrained(tiny_clap_folder).eval()
+    processor = ClapProcessor.from_pretrained(tiny_clap_folder)
     audio = noise(2, 0.75, SAMPLE_RATE, seed=3)
     inputs = processor(text=PROMPTS, audio=list(audio), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -123,8 +114,8 @@ def test_bad_audio_is_refused(clap):
         clap.audio_embeddings(noise(1, 0.1, SAMPLE_RATE), 0)
 
 
-def test_offline_hub_id_names_what_to_fetch(monkeypatch, tmp_path, tiny_folder):
-    offline_hub(monkeypatch, tmp_path, tiny_folder)  # the cache holds only the tiny model; the Hub is off
+def test_offline_hub_id_names_what_to_fetch(monkeypatch, tmp_path, tiny_clap_folder):
+    offline_hub(monkeypatch, tmp_path, tiny_clap_folder)  # the cache holds only the tiny model; the Hub is off
     with pytest.raises(ClapLoadError) as info:
         load_clap("laion/clap-htsat-unfused")
     message = str(info.value)
@@ -133,7 +124,7 @@ def test_offline_hub_id_names_what_to_fetch(monkeypatch, tmp_path, tiny_folder):
     assert "--model DIR" in message and "--set model=DIR" in message
 
 
-def test_folder_errors_name_the_folder(tmp_path, tiny_folder):
+def test_folder_errors_name_the_folder(tmp_path, tiny_clap_folder):
     with pytest.raises(ClapLoadError, match=f"{tmp_path / 'nowhere'} does not exist"):
         load_clap(str(tmp_path / "nowhere"))
     (tmp_path / "file.bin").write_bytes(b"x")
@@ -149,7 +140,7 @@ def test_folder_errors_name_the_folder(tmp_path, tiny_folder):
         load_clap(str(tmp_path / "bert"))
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
-    (incomplete / "config.json").write_text((tiny_folder / "config.json").read_text())
+    (incomplete / "config.json").write_text((tiny_clap_folder / "config.json").read_text())
     with pytest.raises(ClapLoadError, match=f"{incomplete}: the CLAP weights or processor cannot be loaded"):
         load_clap(str(incomplete))
 
