@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from audio_ssl.features.augment import RandomGain, RandomTimeShift
 from audio_ssl.features.masking import apply_patch_mask, block_patch_mask, random_patch_mask
 from audio_ssl.losses.masked_prediction import masked_accuracy, masked_prediction_loss
-from audio_ssl.methods.base import BaseMethod, load_prefixed_weights
+from audio_ssl.methods.base import BaseMethod, check_encoder_matches, load_prefixed_weights
 from audio_ssl.models.resnet import AudioResNet
 from audio_ssl.models.vit import SpectrogramTransformer, TransformerBlock
 from audio_ssl.tokenizers.kmeans import KMeansPatchTokenizer
@@ -368,9 +368,11 @@ class MaskedTokenPrediction(BaseMethod):
         return self.tokenizer
 
     def load_teacher(self, checkpoint: str | Path) -> None:
-        """Load the previous iteration's encoder weights (``encoder.*`` of a checkpoint of this method)."""
+        """Load the previous iteration's encoder weights (``encoder.*`` of a checkpoint of this method); its
+        recorded encoder structure and front end must be this model's (ValueError naming both values)."""
         if self.teacher_encoder is None:
             raise RuntimeError("load_teacher() needs iteration >= 2")
+        from audio_ssl.utils.provenance import checkpoint_metadata
         from audio_ssl.utils.torch_files import load_weights_file
 
         blob = load_weights_file(checkpoint, map_location="cpu")
@@ -382,5 +384,6 @@ class MaskedTokenPrediction(BaseMethod):
         teacher_patch = hparams.get("patch_size")
         if teacher_patch is not None and as_patch_size(teacher_patch) != self.patch_size:
             raise ValueError(f"{checkpoint}: teacher patch_size {teacher_patch} differs from {self.patch_size}")
+        check_encoder_matches(checkpoint_metadata(blob), self.teacher_encoder, self.frontend, str(checkpoint))
         load_prefixed_weights(self.teacher_encoder, blob.get("state_dict", blob), checkpoint)
         self.teacher_encoder.eval()

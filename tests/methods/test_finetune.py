@@ -19,6 +19,7 @@ from audio_ssl.methods.finetune import FineTuneClassifier
 from audio_ssl.models.beats import BEATs, BEATsConfig
 from audio_ssl.models.hf_audio import HFAudioEncoder
 from audio_ssl.models.resnet import AudioResNet
+from audio_ssl.models.vit import SpectrogramTransformer
 from audio_ssl.tools.make_beats_checkpoint import beats_config, make_beats_checkpoint
 from audio_ssl.utils.optim import build_scheduler, layer_decay_groups
 
@@ -92,8 +93,10 @@ def test_without_layer_decay_every_encoder_parameter_gets_encoder_lr(w2v_folder)
 
 
 def test_layer_decay_needs_an_encoder_that_states_its_depth():
-    with pytest.raises(ValueError, match=r"layer_decay=0.7 needs an encoder with num_layers and layer_id"):
-        FineTuneClassifier(AudioResNet(arch="resnet10"), layer_decay=0.7)
+    flat = torch.nn.Flatten()
+    flat.out_dim = 8  # an encoder that does not state its depth (no num_layers, no layer_id)
+    with pytest.raises(ValueError, match=r"layer_decay=0.7 needs an encoder with num_layers and layer_id\(param_name\); Flatten"):
+        FineTuneClassifier(flat, layer_decay=0.7)
     with pytest.raises(ValueError, match="does not take lr"):
         FineTuneClassifier(AudioResNet(arch="resnet10"), lr=0.1)
     with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):
@@ -266,3 +269,29 @@ def test_freeze_phase_is_checked():
         build_scheduler("onecycle", optimizer, 10)
     with pytest.raises(ValueError, match="starts at step 12, outside the schedule's 0..9"):
         build_scheduler("cosine", torch.optim.AdamW([dict(g, start_step=12) for g in model.parameter_groups()]), 10)
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vit"])
+def test_the_package_encoders_state_their_depth_for_layer_decay(kind):
+    """AudioResNet: stem 0, stage i at i + 1 (4 stages); SpectrogramTransformer: patch embedding, positions and
+    mask token 0, block i at i + 1, final norm at depth, positions and mask token without weight decay."""
+    if kind == "resnet":
+        encoder = AudioResNet(arch="resnet10", widths=[4, 8, 8, 8])
+        depths = {"stem.0.weight": 0, "stem.1.bias": 0, "stages.0.0.conv1.weight": 1, "stages.3.0.bn2.weight": 4}
+    else:
+        encoder = SpectrogramTransformer(n_mels=32, max_frames=64, patch_size=16, embed_dim=16, depth=3, num_heads=2)
+        depths = {"patch_embed.weight": 0, "freq_embed": 0, "time_embed": 0, "mask_token": 0,
+                  "blocks.0.attn.qkv.weight": 1, "blocks.2.mlp.0.weight": 3, "norm.weight": 3}
+    model = FineTuneClassifier(encoder, num_classes=4, encoder_lr=1e-3, head_lr=1e-2, layer_decay=0.5,
+                               weight_decay=0.05, frontend=LogMelSpectrogram(n_mels=32), **NO_AUG)
+    groups = model.parameter_groups()
+    lrs, decays = _lrs(groups), {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    params = dict(encoder.named_parameters())
+    assert set(depths) <= set(params)
+    for name, depth in depths.items():
+        assert lrs[id(params[name])] == pytest.approx(1e-3 * 0.5 ** (encoder.num_layers - depth)), name
+    assert len(lrs) == sum(p.requires_grad for p in model.parameters())
+    if kind == "vit":
+        assert [decays[id(params[k])] for k in ("freq_embed", "time_embed", "blocks.0.attn.qkv.weight")] == [0, 0, 0.05]
+    with pytest.raises(ValueError, match="is not a parameter"):
+        encoder.layer_id("head.weight")
