@@ -169,13 +169,15 @@ class FineTuneClassifier(SupervisedClassifier):
 
     def encoder_start_step(self) -> int:
         """The optimizer step at which the encoder starts training: ``freeze_encoder_epochs`` times the steps of
-        an epoch (0 without a freeze phase). ValueError when the fit is not longer than the freeze phase."""
+        an epoch (0 without a freeze phase; at most the last step). ValueError when the fit is not longer than the
+        freeze phase (``fast_dev_run`` excepted: a smoke run of one step)."""
         if not self.freeze_encoder_epochs or self._trainer is None:
             return 0
         trainer = self.trainer
         total = int(trainer.estimated_stepping_batches)  # sets up the training data: num_training_batches is known
         per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= self.freeze_encoder_epochs:
+        if not trainer.fast_dev_run and trainer.max_epochs is not None and \
+                0 <= trainer.max_epochs <= self.freeze_encoder_epochs:
             raise ValueError(f"{type(self).__name__}: freeze_encoder_epochs={self.freeze_encoder_epochs} is not "
                              f"fewer than trainer.max_epochs={trainer.max_epochs}: the encoder would never train")
         return min(self.freeze_encoder_epochs * per_epoch, max(total - 1, 0))
