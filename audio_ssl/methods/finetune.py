@@ -167,6 +167,17 @@ class FineTuneClassifier(SupervisedClassifier):
                 param.requires_grad_(not frozen and name in self._trainable)
             self.train(self.training)
 
+    def setup(self, stage: str) -> None:
+        """As :meth:`BaseMethod.setup`; a freeze phase over several processes needs DDP to accept parameters that
+        get no gradient (those of the frozen encoder): ValueError naming the strategy to use otherwise."""
+        super().setup(stage)
+        if stage == "fit" and self.freeze_encoder_epochs and self._trainer is not None \
+                and self.trainer.world_size > 1 \
+                and not getattr(self.trainer.strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False):
+            raise ValueError(f"{type(self).__name__}: freeze_encoder_epochs={self.freeze_encoder_epochs} on "
+                             f"{self.trainer.world_size} processes leaves the encoder without gradients for a while, "
+                             "which DDP refuses by default: set --trainer.strategy ddp_find_unused_parameters_true")
+
     def encoder_start_step(self) -> int:
         """The optimizer step at which the encoder starts training: ``freeze_encoder_epochs`` times the steps of
         an epoch (0 without a freeze phase; at most the last step). ValueError when the fit is not longer than the

@@ -295,3 +295,19 @@ def test_the_package_encoders_state_their_depth_for_layer_decay(kind):
         assert [decays[id(params[k])] for k in ("freq_embed", "time_embed", "blocks.0.attn.qkv.weight")] == [0, 0, 0.05]
     with pytest.raises(ValueError, match="is not a parameter"):
         encoder.layer_id("head.weight")
+
+
+def test_freeze_phase_over_several_processes_needs_ddp_to_accept_unused_parameters():
+    """Frozen-encoder epochs give the encoder no gradient, which DDP refuses by default: setup says which strategy
+    to use, and accepts one that finds unused parameters (and a single process)."""
+    from types import SimpleNamespace
+
+    model = FineTuneClassifier(AudioResNet(arch="resnet10", widths=[4, 8, 8, 8]), num_classes=4,
+                               freeze_encoder_epochs=1, frontend=LogMelSpectrogram(n_mels=32), **NO_AUG)
+    model._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(_ddp_kwargs={}))
+    with pytest.raises(ValueError, match="set --trainer.strategy ddp_find_unused_parameters_true"):
+        model.setup("fit")
+    model._trainer.strategy._ddp_kwargs = {"find_unused_parameters": True}
+    model.setup("fit")
+    model._trainer = SimpleNamespace(world_size=1, strategy=SimpleNamespace())
+    model.setup("fit")
