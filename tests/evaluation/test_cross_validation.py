@@ -376,8 +376,17 @@ def test_shipped_probe_pipelines_take_every_size():
         assert run_config.stage_configs(sized, "pretrain", path) == [recipe, experiments / "cpu" / recipe.name]
 
 
-@pytest.mark.parametrize("method", ["simclr", "masked_cnn", "masked_transformer"])
-def test_shipped_finetune_pipelines_fine_tune_the_encoder_they_pretrain(method, tmp_path, monkeypatch):
+FINETUNE_PIPELINES = [p for p in sorted((ROOT / "experiments").glob("*_finetune.yaml"))
+                      if (yaml.safe_load(p.read_text()) or {}).get("pipeline") == "pretrain_finetune"]
+
+
+def test_every_pretraining_method_has_a_finetune_pipeline():
+    assert {p.stem for p in FINETUNE_PIPELINES} >= {"simclr_finetune", "masked_cnn_finetune",
+                                                    "masked_transformer_finetune"}
+
+
+@pytest.mark.parametrize("path", FINETUNE_PIPELINES, ids=lambda p: p.stem)
+def test_shipped_finetune_pipelines_fine_tune_the_encoder_they_pretrain(path, tmp_path, monkeypatch):
     """``experiments/<method>_finetune.yaml`` pretrains ``<method>.yaml``, probes with linear_probe.yaml and fine-tunes
     a FineTuneClassifier whose encoder structure and front end equal the pretraining's, at full size and at
     ``size=cpu`` (what init_encoder_from would otherwise refuse at the first fold)."""
@@ -386,8 +395,6 @@ def test_shipped_finetune_pipelines_fine_tune_the_encoder_they_pretrain(method, 
     from audio_ssl.utils.provenance import describe_architecture, describe_module
 
     monkeypatch.chdir(tmp_path)
-    experiments = ROOT / "experiments"
-    path = experiments / f"{method}_finetune.yaml"
     config = run_config.load_config(path)
     check_pipeline_config(config, "pretrain_finetune", str(path))
     assert config["probe"] == "linear_probe.yaml"
