@@ -25,7 +25,9 @@ Tokenizers", arXiv 2212.09058) where it is clear, with each deviation stated:
    same value (-100 dB) in every clip; with a per-clip floor or instance normalisation its level varies
    from clip to clip and it spreads over several tokens. Under the old per-patch standardisation every
    flat patch became the zero vector (one free token) while quiet, non-flat patches had their noise blown
-   up to unit variance and scattered over many ids.
+   up to unit variance and scattered over many ids. Silent targets are easy: on 160 ESC-50 clips (fold 4,
+   CPU size, 200 steps) 8.0% of the targets were digital silence, all one token, predicted at 99%, against
+   17% for the others, so ``masked_acc`` carries about 8 points of silence.
 3. **Masking.** ``mask_ratio`` (BEATs' 0.75) of the ``n_f x n_t`` patches (exactly ``round(ratio * N)``
    per clip; ``mask_type`` ``"random"`` or ``"block"``) are hidden from the encoder.
 4. **Prediction.** The encoder returns one feature vector per patch; a head (optionally a few

@@ -8,13 +8,15 @@ one-hot matmuls on CUDA (``index_add_`` uses non-deterministic atomics there) an
 ``index_add_`` on CPU, so results are reproducible on both.
 
 :class:`KMeansPatchTokenizer` turns spectrogram patches (or encoder features, for iterative
-refinement as in BEATs) into discrete ids: the id of a patch is its nearest centroid.
+refinement; BEATs distils a tokenizer from the teacher instead) into discrete ids: the id of a patch
+is its nearest centroid.
 
 Normalisation (``normalize``). BEATs (Chen et al., 2022, arXiv 2212.09058) normalises its fbank with one
 global mean and standard deviation and treats every patch alike: silence is not special-cased, it is simply a
 constant input and so lands on one region of the codebook. ``"global"`` (the default) follows that: one
 scalar mean and standard deviation over all fitted values (stored with the codebook), no per-patch
-standardisation, so a patch keeps its level and digital silence (a constant patch) maps to one token.
+standardisation, so a patch keeps its level, and digital silence (a constant patch, at one level in every
+clip when the front end has no per-clip floor or normalisation) maps to one token.
 ``"patch"`` is the earlier per-patch standardisation (``(v - mean(v)) / sqrt(var(v) + eps)``, invariant to
 gain and offset), which scatters quiet patches over many ids (their noise is blown up to unit variance) and
 sends every flat patch to the zero vector; it is kept only to read tokenizers fitted with it.
@@ -22,9 +24,9 @@ sends every flat patch to the zero vector; it is kept only to read tokenizers fi
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 

@@ -300,7 +300,8 @@ def test_usage_stats_known_ids():
 def _ddp_worker(rank: int, world_size: int) -> dict:
     tok = KMeansPatchTokenizer(num_clusters=16, patch_size=8, max_fit_patches=10_000, iters=10, seed=0)
     tok.fit(_specs(batch=3, seed=100 + rank))  # different data on every rank
-    return {"centroids": tok.centroids.clone(), "fitted": tok.fitted.clone()}
+    return {"centroids": tok.centroids.clone(), "fitted": tok.fitted.clone(), "mean": tok.mean.clone(),
+            "std": tok.std.clone()}
 
 
 @pytest.mark.ddp
@@ -312,6 +313,9 @@ def test_ddp_fit_gives_identical_codebooks_on_all_ranks():
     union = KMeansPatchTokenizer(num_clusters=16, patch_size=8, max_fit_patches=10_000, iters=10, seed=0)
     union.fit([_specs(batch=3, seed=100), _specs(batch=3, seed=101)], distributed=False)
     assert torch.equal(r0["centroids"], union.centroids)
+    # the global statistics too: the same on both ranks, those of the union
+    assert torch.equal(r0["mean"], r1["mean"]) and torch.equal(r0["std"], r1["std"])
+    assert torch.equal(r0["mean"], union.mean) and torch.equal(r0["std"], union.std)
     alone = KMeansPatchTokenizer(num_clusters=16, patch_size=8, max_fit_patches=10_000, iters=10, seed=0)
     alone.fit(_specs(batch=3, seed=100), distributed=False)
     assert not torch.equal(r0["centroids"], alone.centroids)
