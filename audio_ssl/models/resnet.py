@@ -49,8 +49,10 @@ class AudioResNet(nn.Module):
     stride 2), then global average pooling.
 
     A ``[B, in_channels, F, T]`` input gives a ``[B, C, ceil(F / d), ceil(T / d)]`` feature map with
-    ``d = downsample_factor`` (every strided layer maps a size ``n`` to ``ceil(n / 2)``), so feature
-    cells align with a patch grid of size ``d``.
+    ``d = downsample_factor`` (every strided layer maps a size ``n`` to ``ceil(n / 2)``): one cell per
+    patch of a size-``d`` patch grid. Every layer has an odd kernel ``k`` with padding ``k // 2``, so cell
+    ``j`` is centred on input index ``d * j``: the first bin/frame of patch ``j``, half a patch before its
+    centre ``d * j + (d - 1) / 2`` (``MaskedTokenPrediction.cell_shift`` moves the input to centre it).
 
     Args:
         layers: Number of blocks per stage. ``None``: taken from ``arch``. Given explicitly, it
