@@ -34,8 +34,8 @@ STALL_METRIC = "perf/data_stall_fraction"
 
 
 class DataStallMonitor(L.Callback):
-    """Logs :data:`STALL_METRIC` (the epoch's data stall fraction, see the module docstring) at every training
-    epoch's end; :attr:`epochs` keeps one dict per epoch (``fraction``, ``wait_s``, ``step_s``, ``steps``,
+    """Writes :data:`STALL_METRIC` (the epoch's data stall fraction, see the module docstring) to the trainer's
+    loggers at every training epoch's end (this process's value; rank 0's loggers write); :attr:`epochs` keeps one dict per epoch (``fraction``, ``wait_s``, ``step_s``, ``steps``,
     ``first_wait_s``) and :meth:`summary` their mean."""
 
     def __init__(self) -> None:
@@ -97,7 +97,10 @@ class DataStallMonitor(L.Callback):
         record = {"epoch": int(trainer.current_epoch), "fraction": wait / (wait + step), "wait_s": wait,
                   "step_s": step, "steps": counted, "first_wait_s": first_wait}
         self.epochs.append(record)
-        pl_module.log(STALL_METRIC, record["fraction"], on_step=False, on_epoch=True)
+        # Straight to the loggers (rank 0 writes), not through self.log: each rank's own value, no collective
+        # at the epoch's end and no warning about sync_dist under DDP.
+        for logger in trainer.loggers:
+            logger.log_metrics({STALL_METRIC: record["fraction"]}, step=trainer.global_step)
 
     def summary(self) -> dict | None:
         """``{"data_stall_fraction": mean over epochs, "data_stall_epochs": n}``; ``None`` before any epoch."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
 from audio_ssl.utils.data_stall import STALL_METRIC, DataStallMonitor
@@ -41,24 +43,26 @@ class SleepyModel(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def stall_of(delay_s: float) -> tuple[DataStallMonitor, L.Trainer]:
+def stall_of(delay_s: float, log_dir) -> tuple[DataStallMonitor, L.Trainer]:
     monitor = DataStallMonitor()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor])
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=CSVLogger(log_dir, name="", version=""),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[monitor])
     trainer.fit(SleepyModel(), DataLoader(SleepyDataset(delay_s), batch_size=1, num_workers=0))
     return monitor, trainer
 
 
 @pytest.mark.parametrize("delay_s, low, high", [(0.0, 0.0, 0.2), (2 * STEP_S, 0.55, 0.8)])
-def test_stall_fraction_of_slow_and_fast_loaders(delay_s, low, high):
+def test_stall_fraction_of_slow_and_fast_loaders(delay_s, low, high, tmp_path):
     """Waiting ``delay_s`` per batch against ``STEP_S`` per step: the fraction is about ``delay / (delay + step)``
     (2/3 for the slow loader), and near 0 for the fast one."""
-    monitor, trainer = stall_of(delay_s)
+    monitor, trainer = stall_of(delay_s, tmp_path)
     assert [e["steps"] for e in monitor.epochs] == [7, 7]  # 8 batches, the first wait left out
     for epoch in monitor.epochs:
         assert low <= epoch["fraction"] <= high, epoch
         assert epoch["step_s"] >= 7 * STEP_S
-    assert trainer.callback_metrics[STALL_METRIC] == pytest.approx(monitor.epochs[-1]["fraction"])
+    logged = pd.read_csv(tmp_path / "metrics.csv")[STALL_METRIC].dropna().tolist()
+    assert logged == pytest.approx([e["fraction"] for e in monitor.epochs])
     summary = monitor.summary()
     assert summary["data_stall_epochs"] == 2
     assert summary["data_stall_fraction"] == pytest.approx(sum(e["fraction"] for e in monitor.epochs) / 2)
