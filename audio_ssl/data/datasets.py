@@ -139,8 +139,7 @@ class ResidentClips(Dataset):
     same dict ``{"audio": float16 [B, clip_samples], "label": int64 [B], "index": int64 [B]}``), but already on
     ``device``: ``__getitems__`` computes the crops of a batch with :func:`crop_windows` (the clip's index and
     draw, or for a row alone a draw from the ``ClipDataset``'s generator, as :meth:`ClipDataset.__getitem__`) and
-    reads them with one gather. Per batch only the ``2B`` integers
-    of rows and window starts go to the device.
+    reads them with one gather. Per batch only the ``2B`` integers of rows and window starts go to the device.
 
     Layout: the clips in dataset order in one flat float16 tensor, each preceded and the last also followed by
     ``gap = max(0, clip_samples - shortest clip)`` zeros, so that every crop or pad window, ``clip_samples`` long,
