@@ -192,6 +192,8 @@ def test_lightning_cv_end_to_end_with_resume(tmp_path, esc50_root, cache_dir, mo
     assert summary["variants"]["default"]["epochs"] == 1
     assert "test_fold: 1" in summary["configs"]["fit"] and "max_epochs: 1" in summary["configs"]["fit"]
     assert summary["git_commit"] and summary["device"]
+    for fold, details in summary["variants"]["default"]["details"].items():  # DataStallMonitor, on in the CLI
+        assert 0 <= details["data_stall_fraction"] < 1 and details["data_stall_epochs"] == 1, fold
     for k in range(1, 6):
         frame = pd.read_csv(run_dir / "predictions" / f"fold{k}.csv")
         assert len(frame) == 10 and {"file", "label", "pred", "top1_prob", "top5_prob"} <= set(frame.columns)
