@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +65,9 @@ class AudioResNet(nn.Module):
         stem_pool: Whether to apply the 3x3 stride-2 max-pool after the stem.
         zero_init_residual: Zero-init the last BN gamma of each block so every block starts as identity.
     """
+
+    convolutional: ClassVar[bool] = True
+    """A 2-D CNN: its activations are 4-D feature maps (methods' ``channels_last`` option applies)."""
 
     def __init__(
         self,
