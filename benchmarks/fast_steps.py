@@ -186,10 +186,12 @@ def applicable(cfg, sets: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
 
 
 def measure_recipe(config: Path, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    base_model, dm, cfg = load_experiment(config, [f"--data.init_args.batch_size={args.batch_size}"])
+    # The CLI's own Trainer is not used (the precision is the variant's): 32-true keeps its CPU warning quiet.
+    fixed = [f"--data.init_args.batch_size={args.batch_size}", "--trainer.precision=32-true"]
+    base_model, dm, cfg = load_experiment(config, fixed)
     sets, lacking = applicable(cfg, args.set)
     torch.manual_seed(0)  # the same batches for every recipe and run
-    overrides = [f"--data.init_args.batch_size={args.batch_size}", *sets]
+    overrides = [*fixed, *sets]
     samples = round((args.clip_seconds or dm.clip_seconds) * dm.sample_rate)
     batches = make_batches(args.num_batches, args.batch_size, samples, base_model.num_classes)
     del base_model
@@ -268,7 +270,7 @@ def print_recipe(result: dict, min_gain: float) -> None:
                      "yes" if combined["median_ratio"] >= 1 + min_gain else "no"])
     elif "skipped" in combined:
         rows.append(["combined (" + "+".join(combined["options"]) + ")", None, None, None, None, None, "skipped"])
-    for name, reason in result["skipped"].items():
+    for name in result["skipped"]:
         rows.append([name, None, None, None, None, None, "skipped"])
     print()
     print(format_table(rows, ["variant", "samples/s", "ms/step", "ratio (median/round)", "CPU-time ratio",
@@ -334,16 +336,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    env = environment()  # the load before the run
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as a GPU run would; the priming steps absorb the autotuning
-    lacking = [applicable(load_experiment(config)[2], args.set)[1] for config in args.config]
+    lacking = [applicable(load_experiment(config, ["--trainer.precision=32-true"])[2], args.set)[1]
+               for config in args.config]
     for key, _ in args.set:  # before any measurement: a mistyped key must not cost a run
         if all(key in keys for keys in lacking):
             raise ValueError(f"--set {key}: no recipe has this key ({', '.join(map(str, args.config))})")
     recipes = [measure_recipe(config, args, device) for config in args.config]
     results = {
         "args": {k: str(v) for k, v in vars(args).items()},
-        "environment": environment(),
+        "environment": env,
         "recipes": recipes,
     }
     write_json(args.out, results)

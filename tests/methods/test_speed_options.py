@@ -190,3 +190,12 @@ def test_cli_takes_the_speed_options_and_the_checkpoint_reloads(esc50_root, cach
     reloaded = BaseMethod.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert reloaded.use_channels_last and not reloaded._speed_options_applied  # stated, applied by a Trainer only
     assert_same_weights(reloaded, copy.deepcopy(model).cpu())
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("false", False)])
+def test_cli_reads_fused_optimizer_auto_and_false(value, expected):
+    cli = build_cli(["--config", str(ROOT / "experiments" / "supervised_cpu.yaml"), "--trainer.logger", "false",
+                     "--model.init_args.fused_optimizer", value, "--model.init_args.compile", "true",
+                     "--model.init_args.compile_mode", "max-autotune"], run=False)
+    assert cli.model.fused_optimizer == expected and type(cli.model.fused_optimizer) is type(expected)
+    assert cli.model.compile_encoder is True and cli.model.compile_mode == "max-autotune"
