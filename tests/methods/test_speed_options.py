@@ -199,3 +199,43 @@ def test_cli_reads_fused_optimizer_auto_and_false(value, expected):
                      "--model.init_args.compile_mode", "max-autotune"], run=False)
     assert cli.model.fused_optimizer == expected and type(cli.model.fused_optimizer) is type(expected)
     assert cli.model.compile_encoder is True and cli.model.compile_mode == "max-autotune"
+
+
+def test_channels_last_reaches_the_teacher_and_keeps_the_loss():
+    """BYOL-A: every network but the front end is converted (the momentum teacher too), and one training step
+    (same views: same seed) gives the plain model's loss and gradients."""
+    import warnings
+
+    from method_utils import tone_clips
+
+    from audio_ssl.features.views import BYOLAViews
+    from audio_ssl.methods import BYOLA
+
+    def build(**kwargs):
+        torch.manual_seed(0)
+        return BYOLA(encoder=AudioResNet(arch="resnet10", widths=(4, 8, 8, 8)), num_classes=4,
+                     frontend=LogMelSpectrogram(n_fft=256, hop_length=128, n_mels=16),
+                     views=BYOLAViews(crop_seconds=0.25, memory_size=8), proj_hidden_dim=16, proj_dim=8,
+                     pred_hidden_dim=16, scheduler="none", **kwargs)
+
+    plain, fast = build(), build(channels_last=True)
+    fast.apply_speed_options()
+    teacher_convs = [m for m in fast.teacher.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1]
+    assert teacher_convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in teacher_convs)
+    audio = tone_clips(4, 8000, 0, 16000)
+    losses = []
+    for model in (plain, fast):
+        model.train()
+        torch.manual_seed(1)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer: logging is a no-op
+            loss = model.training_step(model.on_after_batch_transfer(dict(audio), 0), 0)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        if a.grad is not None:  # sums of B x F x T products in another order: 1e-3 of the scale (a bias before
+            # BatchNorm has a zero gradient up to rounding, hence the 1e-6 floor)
+            scale = a.grad.abs().max().item()
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-3 * scale + 1e-6,
+                                       msg=lambda m, name=name: f"{name}: {m}")
