@@ -101,8 +101,8 @@ class BaseMethod(L.LightningModule):
     recipe turns one on only where that measurement shows it pays; bf16 autocast is the trainer's
     ``precision: bf16-mixed``, not an option here). They change how the step runs, never what it computes
     (within float rounding), and never the checkpoint's keys. :meth:`apply_speed_options` puts them in force;
-    :meth:`setup` calls it, so they apply under the Trainer (fit, validate, test, predict), not to a model used
-    outside it (``from_checkpoint``, ``classify``, export):
+    :meth:`setup` calls it, so they apply under the Trainer (fit, validate, test, predict), not to a model called
+    outside it (e.g. one rebuilt by :meth:`from_checkpoint` and called directly, or exported):
 
     - ``channels_last``: every 4-D weight of the method's networks (all children but the front end: encoder,
       heads, teachers) and every 4-D input of the encoder in ``torch.channels_last`` memory format (NHWC), which
@@ -110,9 +110,10 @@ class BaseMethod(L.LightningModule):
       convolutional encoders (``encoder.convolutional = True``: :class:`~audio_ssl.models.AudioResNet`,
       :class:`~audio_ssl.models.timm_cnn.TimmCNN`); another encoder raises ValueError.
     - ``fused_optimizer``: torch's fused AdamW/Adam/SGD kernels (``fused=True``: one kernel per step for all
-      parameters instead of a loop of ``foreach`` kernels). ``True`` raises ValueError for ``lars`` (no fused
-      implementation) and when the parameters' device has no fused kernel; ``"auto"`` fuses when every parameter
-      is on a CUDA device and the optimizer has a fused form, and otherwise builds the usual optimizer.
+      parameters, instead of torch's default: ``foreach`` kernels on CUDA, a per-parameter loop on the CPU).
+      ``True`` raises ValueError for ``lars`` (no fused implementation) and when the parameters' device has no
+      fused kernel; ``"auto"`` fuses when every parameter is on a CUDA device and the optimizer has a fused form,
+      and otherwise builds the usual optimizer.
     - ``compile``: :meth:`torch.nn.Module.compile` of the encoder with ``compile_mode`` (:func:`torch.compile`'s
       ``mode``, one of :data:`COMPILE_MODES`). It compiles the encoder's ``__call__`` in place, so the module and
       its ``state_dict`` keys stay as they were (``torch.compile(encoder)`` would wrap it and prefix every key
