@@ -29,7 +29,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from audio_ssl.evaluation.runner import PARALLEL_ENV, FoldJob, log_tail, run_fold
+from audio_ssl.evaluation.lightning_stage import PARALLEL_ENV
+from audio_ssl.evaluation.runner import FoldJob, log_tail, run_fold
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m audio_ssl.evaluation.launchers JOB_JSON (started by audio-ssl cv "
                          "--parallel N)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run_fold(FoldJob.from_json(json.loads(argv[0])))
+    try:
+        run_fold(FoldJob.from_json(json.loads(argv[0])))
+    except Exception:  # run_fold wrote the traceback into the fold's log
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from audio_ssl.utils.provenance import CHECKPOINT_KEY
 log = logging.getLogger(__name__)
 
 FINAL_WEIGHTS = "final.ckpt"
+PARALLEL_ENV = "AUDIO_SSL_CV_PARALLEL"
+"""Set to N in the fold processes of ``audio-ssl cv --parallel N`` (N > 1): a stage there refuses DDP."""
 
 
 def lightning_args(context: FoldContext, config_path: Path | Sequence[Path], stage_dir: Path,
@@ -91,10 +93,10 @@ def starting_weights(model) -> tuple[str, str]:
 
 def refuse_ddp_in_parallel_folds(trainer) -> None:
     """Raise ``ValueError`` when this process is one of several folds at once (``audio-ssl cv --parallel N``,
-    which sets ``AUDIO_SSL_CV_PARALLEL``) and ``trainer`` would start DDP over several processes."""
+    which sets :data:`PARALLEL_ENV`) and ``trainer`` would start DDP over several processes."""
     import os
 
-    parallel = os.environ.get("AUDIO_SSL_CV_PARALLEL")
+    parallel = os.environ.get(PARALLEL_ENV)
     if parallel and trainer.world_size > 1:
         raise ValueError(f"audio-ssl cv --parallel {parallel} runs {parallel} folds at once on this machine, and this "
                          f"fold's trainer asks for DDP over {trainer.world_size} processes (trainer.devices="

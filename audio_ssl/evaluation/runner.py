@@ -44,7 +44,7 @@ from audio_ssl.evaluation.run_config import (
 )
 from audio_ssl.evaluation.summary import build_summary, folds_frame
 from audio_ssl.evaluation.tracking import finish_wandb, log_fold, log_summary
-from audio_ssl.utils.distributed import barrier, broadcast_from_rank_zero, is_rank_zero
+from audio_ssl.utils.distributed import barrier, broadcast_from_rank_zero, is_rank_zero, process_rank
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +222,6 @@ class FoldsFailed(RuntimeError):
     and the end of its log."""
 
 
-PARALLEL_ENV = "AUDIO_SSL_CV_PARALLEL"
-"""Set to N in the processes of ``audio-ssl cv --parallel N`` (N > 1): a Lightning stage refuses DDP there."""
-
-
 def log_tail(path: str | os.PathLike, lines: int = 20) -> str:
     """The last ``lines`` lines of a log file (``"(no log)"`` when it does not exist)."""
     try:
@@ -233,14 +229,6 @@ def log_tail(path: str | os.PathLike, lines: int = 20) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
-
-
-def job_rank() -> int:
-    """This process's rank inside a multi-task job (a SLURM job with several tasks: Lightning DDP over its
-    GPUs or nodes), 0 otherwise."""
-    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
-        return int(os.environ.get("SLURM_PROCID", "0") or 0)
-    return 0
 
 
 def run_fold(job: FoldJob) -> dict:
@@ -252,7 +240,7 @@ def run_fold(job: FoldJob) -> dict:
 
     from audio_ssl.evaluation.run_store import load_fold_result
 
-    rank = job_rank()
+    rank = process_rank()  # > 0: another task of a multi-task job (Lightning DDP over its GPUs or nodes)
     log_file = Path(job.log_file)
     if rank:
         log_file = log_file.with_suffix(f".rank{rank}.log")
@@ -270,9 +258,13 @@ def run_fold(job: FoldJob) -> dict:
             torch.set_num_threads(job.threads)
         log.info("fold %d of %s (%s), %d torch threads", job.fold, job.name, job.config_path,
                  torch.get_num_threads())
-        run_cv(job.config_path, folds=[job.fold], name=job.name, out=job.out, overrides=job.overrides,
-               wandb=job.wandb, analyze=False, overlays=job.overlays, pipeline_set=job.pipeline_set,
-               summarize=False)
+        try:
+            run_cv(job.config_path, folds=[job.fold], name=job.name, out=job.out, overrides=job.overrides,
+                   wandb=job.wandb, analyze=False, overlays=job.overlays, pipeline_set=job.pipeline_set,
+                   summarize=False)
+        except BaseException:
+            log.exception("fold %d of %s failed", job.fold, job.name)  # into the fold's log, whoever launched it
+            raise
         result = load_fold_result(Path(job.out) / job.name, job.fold)
         return {"fold": job.fold, "wall_time_s": result.wall_time_s if result else None,
                 "metrics": {v: r.metrics for v, r in result.variants.items()} if result else {}}

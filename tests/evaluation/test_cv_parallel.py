@@ -52,11 +52,14 @@ def sequential(results, esc50_root, cache_dir):
     return summary, results / "seq"
 
 
-def assert_same_folds(run_dir: Path, reference: Path, summary: dict, reference_summary: dict) -> None:
-    """Same predictions (every value, every clip), same fold metrics, same summary metrics."""
+def assert_same_summary(run_dir: Path, reference: Path, summary: dict, reference_summary: dict) -> None:
+    """Same predictions (every value, every clip), same fold metrics, same summary metrics, and the summary on
+    disk is the one returned."""
     for fold in FOLDS:
         got, want = (pd.read_csv(d / "predictions" / f"fold{fold}.csv") for d in (run_dir, reference))
         pd.testing.assert_frame_equal(got, want, check_exact=True)
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["variants"] == json.loads(json.dumps(summary["variants"]))
     got, want = (pd.read_csv(d / "folds.csv").drop(columns=["wall_time_s"], errors="ignore")
                  for d in (run_dir, reference))
     metric_columns = [c for c in want.columns if c in ("fold", "variant", "acc", "f1_macro", "acc_top5")]
@@ -66,32 +69,50 @@ def assert_same_folds(run_dir: Path, reference: Path, summary: dict, reference_s
     assert summary["folds"] == FOLDS and summary["bookkeeping_ok"]
 
 
-def test_parallel_folds_equal_sequential_and_finished_folds_are_skipped(sequential, results, esc50_root, cache_dir):
+class Recorder:
+    """A launcher that runs nothing and keeps the jobs it was given."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def launch(self, jobs):
+        self.jobs += list(jobs)
+        return {}
+
+
+def test_parallel_folds_equal_sequential_a_failed_fold_is_reported_and_finished_folds_are_skipped(
+        sequential, results, esc50_root, cache_dir, capsys):
+    """``audio-ssl cv --parallel 3`` over folds 1-3, fold 3 damaged: folds 1 and 2 finish with the sequential
+    run's results, fold 3 is reported with the end of its log, exit status 1, no summary. The same command on
+    folds 1 and 2 then launches nothing and writes the sequential run's summary."""
     reference_summary, reference = sequential
     overrides = tiny_cv_overrides(esc50_root, cache_dir)
-    summary = timed("parallel 2", name="par", out=results, overrides=overrides,
-                    launcher=ProcessLauncher(2, threads=1))
     run_dir = results / "par"
-    assert_same_folds(run_dir, reference, summary, reference_summary)
-    saved = json.loads((run_dir / "summary.json").read_text())
-    assert saved["variants"] == json.loads(json.dumps(summary["variants"]))  # the summary the runner wrote
-    for fold in FOLDS:  # each fold ran in its own process, with one thread, and said so in its own log
+    damaged = run_dir / "fold3" / "checkpoints" / "last.ckpt"  # fold 3 resumes from a checkpoint that is not one
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not a checkpoint")
+    argv = ["--config", str(SUPERVISED), "--name", "par", "--out", str(results), "--no-wandb", "--no-analysis",
+            "--parallel", "3", "--threads-per-fold", "1", *overrides]
+    start = time.perf_counter()
+    code, out, err = exit_code_and_output(cv_main, [*argv, "--folds", "1,2,3"], capsys)
+    print(f"--parallel 3 (folds 1, 2 and the damaged 3): {time.perf_counter() - start:.1f} s")
+    assert code == 1
+    assert "fold 3 failed: exit status 1" in err and "fold 1 failed" not in err and "fold 2 failed" not in err
+    log_text = (run_dir / "logs" / "fold3.log").read_text()
+    assert str(run_dir / "logs" / "fold3.log") in err and log_text.rstrip().splitlines()[-1] in err  # its tail
+    assert log_text.count("Traceback") == 1 and "fold 3 of par failed" in log_text
+    assert not (run_dir / "fold3" / "result.json").exists() and not (run_dir / "summary.json").exists()
+    for fold in FOLDS:  # the others finished, each in its own process with one thread, logged in its own file
         text = (run_dir / "logs" / f"fold{fold}.log").read_text()
         assert f"fold {fold} of par" in text and "1 torch threads" in text
-    print("timings (s):", {k: round(v, 1) for k, v in TIMINGS.items()})
+        got, want = (pd.read_csv(d / "predictions" / f"fold{fold}.csv") for d in (run_dir, reference))
+        pd.testing.assert_frame_equal(got, want, check_exact=True)  # every value of every clip
 
-    class Recorder:
-        def __init__(self):
-            self.jobs = []
-
-        def launch(self, jobs):
-            self.jobs += list(jobs)
-            return {}
-
-    recorder = Recorder()  # a re-run launches nothing: both folds are finished
-    again = run_cv(SUPERVISED, folds=FOLDS, name="par", out=results, overrides=overrides, wandb=False,
-                   analyze=False, launcher=recorder)
-    assert recorder.jobs == [] and again["variants"] == summary["variants"]
+    recorder = Recorder()  # folds 1 and 2 again: nothing to launch; the summary is the sequential run's
+    summary = run_cv(SUPERVISED, folds=FOLDS, name="par", out=results, overrides=overrides, wandb=False,
+                     analyze=False, launcher=recorder)
+    assert recorder.jobs == []
+    assert_same_summary(run_dir, reference, summary, reference_summary)
     recorder = Recorder()  # a missing fold is the only one launched, with the run's own arguments
     (run_dir / "fold2" / "result.json").unlink()
     run_cv(SUPERVISED, folds=FOLDS, name="par", out=results, overrides=overrides, wandb=False, analyze=False,
@@ -108,30 +129,12 @@ def test_submitit_local_jobs_equal_sequential(sequential, results, esc50_root, c
     reference_summary, reference = sequential
     summary = timed("submitit local", name="sub", out=results, overrides=tiny_cv_overrides(esc50_root, cache_dir),
                     launcher=SubmititLauncher(cluster="local", cpus_per_task=1, timeout_min=10))
-    assert_same_folds(results / "sub", reference, summary, reference_summary)
+    assert_same_summary(results / "sub", reference, summary, reference_summary)
     assert len(list((results / "sub" / "submitit").glob("*_submitted.pkl"))) == len(FOLDS)  # one job per fold
     assert "fold 2 of sub" in (results / "sub" / "logs" / "fold2.log").read_text()
 
 
-def test_a_failed_fold_is_reported_with_its_log_while_the_others_finish(tmp_path, esc50_root, cache_dir, capsys):
-    run_dir = tmp_path / "results" / "broken"
-    damaged = run_dir / "fold2" / "checkpoints" / "last.ckpt"  # fold 2 resumes from a checkpoint that is not one
-    damaged.parent.mkdir(parents=True)
-    damaged.write_bytes(b"not a checkpoint")
-    argv = ["--config", str(SUPERVISED), "--folds", "1,2", "--name", "broken", "--out", str(tmp_path / "results"),
-            "--no-wandb", "--no-analysis", "--parallel", "2", "--threads-per-fold", "1",
-            *tiny_cv_overrides(esc50_root, cache_dir)]
-    code, out, err = exit_code_and_output(cv_main, argv, capsys)
-    assert code == 1
-    assert "fold 2 failed: exit status 1" in err and "fold 1 failed" not in err
-    assert str(run_dir / "logs" / "fold2.log") in err
-    assert "Traceback" in (run_dir / "logs" / "fold2.log").read_text()
-    tail = (run_dir / "logs" / "fold2.log").read_text().rstrip().splitlines()[-1]
-    assert tail in err  # the end of the fold's log is in the report
-    assert (run_dir / "fold1" / "result.json").exists()  # the other fold finished and is kept
-    assert not (run_dir / "fold2" / "result.json").exists() and not (run_dir / "summary.json").exists()
-
-
+@pytest.mark.slow
 def test_transductive_pretraining_is_trained_once_by_the_first_fold(tmp_path, esc50_root, cache_dir):
     """The folds of a transductive run share ``pretrain_transductive/``: the runner launches the first fold alone
     and the others after it, so the stage is trained once, never by two processes at the same time."""
@@ -176,12 +179,12 @@ def test_a_shared_stage_is_launched_by_the_first_fold_alone_and_failures_are_nam
 
 def test_ddp_is_refused_inside_parallel_folds(tmp_path, esc50_root, cache_dir, monkeypatch):
     from audio_ssl.evaluation.fold import FoldContext
-    from audio_ssl.evaluation.lightning_stage import fit_stage, lightning_args
+    from audio_ssl.evaluation.lightning_stage import PARALLEL_ENV, fit_stage, lightning_args
 
     context = FoldContext(config={}, fold=1, work_dir=tmp_path / "fold1", config_path=SUPERVISED)
     args = (lightning_args(context, SUPERVISED, context.work_dir) + tiny_cv_overrides(esc50_root, cache_dir)
             + ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"])
-    monkeypatch.setenv("AUDIO_SSL_CV_PARALLEL", "2")
+    monkeypatch.setenv(PARALLEL_ENV, "2")
     with pytest.raises(ValueError, match=r"--parallel 2 runs 2 folds at once .* DDP over 2 processes .*"
                                          r"--parallel 1 .* --launcher submitit --gpus-per-fold"):
         fit_stage(args, context.work_dir)
