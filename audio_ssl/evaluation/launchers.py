@@ -15,6 +15,13 @@ the run folder as the sequential loop does (:func:`audio_ssl.evaluation.runner.r
   one task per GPU (``tasks_per_node = gpus_per_node``), where Lightning's own DDP finds the ranks from SLURM
   (set ``trainer.devices``/``trainer.num_nodes`` to match with ``--set``). submitit is an optional dependency
   (``pip install audio-ssl[cluster]``), imported only here, when used.
+
+What the folds share: a stage trained once for every fold (transductive pretraining) is trained by the first
+fold before the others start (:func:`audio_ssl.evaluation.runner.launch_folds`). The waveform cache
+(:mod:`audio_ssl.data.cache`) and the run's embedding cache (:mod:`audio_ssl.evaluation.embeddings`) are written
+atomically with deterministic contents, so folds that miss the same entry at the same time each compute it and
+one identical file wins; only the work is repeated (build a new dataset's waveform cache with one fold first to
+avoid decoding it N times).
 """
 
 from __future__ import annotations

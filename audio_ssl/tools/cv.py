@@ -6,7 +6,7 @@
     audio-ssl cv --config experiments/simclr_probe.yaml --pipeline-set size=cpu [--pipeline-set transductive=true]
     audio-ssl cv --config experiments/zoo/clap_zeroshot.yaml --pipeline-set max_clips=20   # any pipeline's keys
     audio-ssl cv --config experiments/supervised_cpu.yaml --parallel 3 [--threads-per-fold 4]   # 3 folds at once
-    audio-ssl cv --config experiments/supervised_resnet34.yaml --launcher submitit --slurm-partition gpu \
+    audio-ssl cv --config experiments/supervised_resnet34.yaml --launcher submitit --slurm-partition gpu
                  --gpus-per-fold 1 --cpus-per-task 8 --timeout-min 120        # one SLURM job per fold
     audio-ssl cv --analyze-only NAME [--out results]
 
@@ -21,8 +21,9 @@ per-fold results as one after another. ``--launcher submitit`` makes each fold a
 local processes; ``pip install 'audio-ssl[cluster]'``); a fold with ``--gpus-per-fold``/``--nodes-per-fold`` > 1
 runs Lightning's DDP inside its job (set ``trainer.devices``/``trainer.num_nodes`` to match), which ``--parallel`` > 1
 refuses. Either way the runner waits for every fold, then writes the summary as a sequential run does; a failed
-fold is reported with the end of its log and exit status 1 once the others have finished. Pipeline configs (``pipeline: pretrain_probe`` ...) are described in
-:mod:`audio_ssl.evaluation.pipelines`. W&B runs are offline unless ``WANDB_MODE`` says otherwise.
+fold is reported with the end of its log and exit status 1 once the others have finished.
+
+Pipeline configs (``pipeline: pretrain_probe`` ...) are described in :mod:`audio_ssl.evaluation.pipelines`. W&B runs are offline unless ``WANDB_MODE`` says otherwise.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parallel.add_argument("--launcher", choices=["submitit"], default=None,
                           help="submitit: one job per fold through submitit (SLURM where available, else local)")
     parallel.add_argument("--launcher-cluster", choices=["auto", "slurm", "local"], default="auto",
-                          help="submitit's executor (default: %(default)s, SLURM where sbatch exists)")
+                          help="submitit's executor (default: %(default)s: SLURM where srun exists, else local)")
     parallel.add_argument("--launcher-folder", default=None, metavar="DIR",
                           help="submitit's job files and logs (default: <out>/<NAME>/submitit/)")
     parallel.add_argument("--gpus-per-fold", type=int, default=0, metavar="G",
@@ -91,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--analyze-only", metavar="NAME", default=None,
                         help="only (re)write <out>/NAME/analysis from the saved predictions")
     return parser
+
+
+SUBMITIT_OPTIONS = ("launcher_cluster", "launcher_folder", "gpus_per_fold", "nodes_per_fold", "cpus_per_task", "mem_gb",
+                    "timeout_min", "slurm_partition", "slurm_account", "slurm_qos")
+"""The ``--launcher submitit`` options (refused without it rather than ignored)."""
 
 
 def build_launcher(args: argparse.Namespace):
@@ -135,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--threads-per-fold {args.threads_per_fold}: must be at least 1")
     if args.launcher and args.parallel != 1:
         parser.error("--parallel N and --launcher submitit: choose one (submitit jobs already run at once)")
+    stray = [f"--{dest.replace('_', '-')}" for dest in SUBMITIT_OPTIONS
+             if getattr(args, dest) != parser.get_default(dest)]
+    if stray and not args.launcher:
+        parser.error(f"{', '.join(stray)}: options of --launcher submitit, which is not given")
     try:
         launcher = build_launcher(args)
     except (ImportError, ValueError) as err:

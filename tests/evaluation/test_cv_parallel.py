@@ -197,7 +197,9 @@ def test_launcher_arguments_are_checked(tmp_path, capsys):
                            (["--parallel", "2", "--threads-per-fold", "0"], "--threads-per-fold 0: must be at least 1"),
                            (["--parallel", "2", "--launcher", "submitit"], "choose one"),
                            (["--launcher", "submitit", "--launcher-cluster", "slurm"], 'Could not detect "srun"'),
-                           (["--launcher", "submitit", "--gpus-per-fold", "-1"], "--gpus-per-fold -1: must be at least 0")):
+                           (["--launcher", "submitit", "--gpus-per-fold", "-1"], "--gpus-per-fold -1: must be at least 0"),
+                           (["--parallel", "2", "--gpus-per-fold", "1", "--slurm-qos", "high"],
+                            "--gpus-per-fold, --slurm-qos: options of --launcher submitit, which is not given")):
         if "submitit" in extra:
             pytest.importorskip("submitit")
         code, _, err = exit_code_and_output(cv_main, base + extra, capsys)
