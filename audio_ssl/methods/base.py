@@ -130,8 +130,10 @@ class BaseMethod(L.LightningModule):
 
     Monitors for self-supervised methods (labels never reach the encoder): ``online_probe`` trains a
     linear classifier on detached embeddings in its own parameter group; ``knn_k > 0`` reports a
-    weighted kNN accuracy on the validation set each epoch, using the embeddings of that epoch's
-    training batches as the memory bank. A method feeds both with :meth:`monitor_step`.
+    weighted kNN accuracy (``val/knn_acc``) of the validation clips every ``knn_every_n_epochs`` epochs, against
+    a memory bank of the clean labelled training clips (:meth:`knn_bank`: whole clips, no augmentation, the
+    encoder in eval mode, embedded like the queries, at validation time). A method feeds both with
+    :meth:`monitor_step`.
 
     Several processes: with ``sync_batchnorm`` every BatchNorm of the method (front end excepted) computes its
     statistics over the global batch when ``trainer.world_size > 1`` (see
@@ -179,12 +181,15 @@ class BaseMethod(L.LightningModule):
         momentum: float = 0.9,
         scheduler: str = "cosine",
         max_lr: float | None = None,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
         warmup_fraction: float = 0.1,
         scale_lr_with_batch: bool = False,
         online_probe: bool = False,
         probe_lr: float = 1e-3,
         knn_k: int = 0,
         knn_temperature: float = 0.07,
+        knn_every_n_epochs: int = 1,
         sync_batchnorm: bool = False,
         init_encoder_from: str | None = None,
         channels_last: bool = False,
@@ -204,12 +209,16 @@ class BaseMethod(L.LightningModule):
             )
         self.optimizer_name, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
         self.scheduler_name, self.max_lr, self.warmup_fraction = scheduler, max_lr, warmup_fraction
+        self.div_factor, self.final_div_factor = div_factor, final_div_factor
         self.scale_lr_with_batch = scale_lr_with_batch
         self.probe_lr = probe_lr
         self.use_online_probe = online_probe
         self.online_probe: OnlineProbe | None = None
         self.knn_k, self.knn_temperature = knn_k, knn_temperature
         self.knn = KNNMonitor(num_classes, knn_k, knn_temperature) if knn_k > 0 and num_classes else None
+        if knn_every_n_epochs < 1:
+            raise ValueError(f"knn_every_n_epochs must be >= 1, got {knn_every_n_epochs}")
+        self.knn_every_n_epochs = knn_every_n_epochs
         self.sync_batchnorm = sync_batchnorm
         self.init_encoder_from = init_encoder_from
         for name, value in (("channels_last", channels_last), ("compile", compile)):
@@ -404,28 +413,87 @@ class BaseMethod(L.LightningModule):
 
     def monitor_step(self, embeddings: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
         """Feed the monitors: the online probe on every row of ``embeddings [V * B, D]`` (``V`` views of ``B``
-        clips, view-major; labels ``[B]`` repeated) and the kNN bank (``stage == "train"``) or queries on the
-        first view. Logs ``{stage}/online_probe_loss`` and ``..._acc``; returns the probe's loss (0 when off),
+        clips, view-major; labels ``[B]`` repeated) and, for ``stage == "val"``, the kNN queries (the first view:
+        pass the clean clips' embeddings, ``embed(audio)``, first, as the bank holds those). Logs ``{stage}/online_probe_loss`` and ``..._acc``; returns the probe's loss (0 when off),
         which the caller adds to its own (the embeddings are detached inside, so the encoder's gradient does
         not change). Test embeddings feed the probe only."""
         views = len(embeddings) // len(labels)
-        if self.knn is not None and stage in ("train", "val"):
-            self.knn.collect(embeddings[: len(labels)], labels, stage)
+        if self.knn is not None and stage == "val":
+            self.knn.collect(embeddings[: len(labels)], labels)
         if self.online_probe is None:
             return embeddings.new_zeros(())
         loss, metrics = self.online_probe.step(embeddings, labels.repeat(views))
         self.log_metrics(stage, metrics, batch_size=len(labels) * views)
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        if self.knn is not None:
-            self.knn.reset_bank()
-
     def on_validation_epoch_end(self) -> None:
-        result = self.knn.compute() if self.knn is not None else None
+        if self.knn is None:
+            return
+        if not self.knn_due():
+            self.knn.clear_queries()
+            return
+        self.knn.set_bank(*self.knn_bank())
+        result = self.knn.compute()
         if result is not None:
             accuracy, count = result
             self.log_metrics("val", {"knn_acc": accuracy}, batch_size=count)
+
+    def knn_due(self) -> bool:
+        """Whether this validation epoch scores the kNN monitor: every ``knn_every_n_epochs``-th epoch
+        (``(current_epoch + 1) % knn_every_n_epochs == 0``), never in Lightning's sanity check; always without a
+        trainer."""
+        if self._trainer is None:
+            return True
+        if self.trainer.sanity_checking:
+            return False
+        return (self.trainer.current_epoch + 1) % self.knn_every_n_epochs == 0
+
+    def knn_bank_loader(self) -> torch.utils.data.DataLoader:
+        """This process's share of the labelled training clips, whole and in order: the data module's
+        ``split_dataset("train")`` without random crop (the ``train`` split: never the test fold, also when the
+        module is transductive), else (a fit given loaders, no data module) the training loader's dataset. Sharded
+        over processes without padding (:class:`~audio_ssl.data.sampler.ShardSampler`); batches of the data
+        module's ``eval_batch_size``; read in this process (no workers)."""
+        from audio_ssl.data.sampler import ShardSampler
+
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if callable(getattr(datamodule, "split_dataset", None)):
+            if getattr(self, "_knn_bank_set", None) is None:
+                self._knn_bank_set = datamodule.split_dataset("train", random_crop=False)
+            dataset, batch_size = self._knn_bank_set, int(getattr(datamodule, "eval_batch_size", 32))
+        else:
+            train = self.trainer.train_dataloader
+            if not isinstance(train, torch.utils.data.DataLoader):
+                raise ValueError(f"{type(self).__name__}: the kNN monitor (knn_k={self.knn_k}) needs the training "
+                                 "clips for its memory bank: give the trainer a data module with split_dataset, or "
+                                 "one training DataLoader, or set knn_k: 0")
+            dataset, batch_size = train.dataset, int(train.batch_size or 32)
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = ShardSampler(dataset, world, rank) if world > 1 else None
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler)
+
+    @torch.no_grad()
+    def knn_bank(self, loader=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embeddings [N, D] float32, labels [N])`` of the clips of ``loader`` (default
+        :meth:`knn_bank_loader`): ``embed(audio)`` of each clean clip with the method in eval mode (restored
+        afterwards), under the trainer's precision context as the queries are."""
+        loader = self.knn_bank_loader() if loader is None else loader
+        precision = self.trainer.precision_plugin.forward_context() if self._trainer is not None \
+            else contextlib.nullcontext()
+        was_training = self.training
+        self.eval()
+        embeddings, labels = [], []
+        try:
+            for batch in loader:
+                with precision:
+                    embeddings.append(self.embed(batch["audio"].to(self.device).float()).float())
+                labels.append(batch["label"].to(self.device))
+        finally:
+            self.train(was_training)
+        if not embeddings:
+            return torch.zeros(0, self.embedding_dim, device=self.device), torch.zeros(0, dtype=torch.long,
+                                                                                        device=self.device)
+        return torch.cat(embeddings), torch.cat(labels)
 
     # ------------------------------------------------------------------ logging
     def log_metrics(self, stage: str, metrics: dict, batch_size: int, **kwargs) -> None:
@@ -488,7 +556,8 @@ class BaseMethod(L.LightningModule):
                                     self.momentum, fused=self.use_fused_optimizer())
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1000
         max_lr = self.effective_lr(self.max_lr) if self.max_lr is not None else None
-        scheduler = build_scheduler(self.scheduler_name, optimizer, total, self.warmup_fraction, max_lr)
+        scheduler = build_scheduler(self.scheduler_name, optimizer, total, self.warmup_fraction, max_lr,
+                                    self.div_factor, self.final_div_factor)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -19,7 +19,7 @@ with soft targets (the loss is ``cross_entropy(logits, soft_targets, label_smoot
 The modes, the optimizer groups and the augmentation pipeline are those of
 :class:`~audio_ssl.methods.finetune.FineTuneClassifier`, which this class extends (adding the BEATs checkpoint, the
 padding mask and the pooling of several hidden states); training, validation and test steps, metrics,
-``test_outputs``, ``predict_proba`` (with time-shift TTA) and ``predict_step`` are those of
+``test_outputs``, ``predict_proba`` (with its test-time augmentation) and ``predict_step`` are those of
 :class:`SupervisedClassifier`.
 """
 

@@ -24,7 +24,7 @@ default log-mel. Training-only augmentation, on the device: waveform gain and ti
 spectrogram front end's output (``[B, 1, F, T]`` or time-major ``[B, frames, mels]``; a waveform front end
 refuses masks), and mixup on the front end's output with soft targets.
 
-Steps, metrics, ``test_outputs``, ``predict_proba`` (with time-shift TTA) and ``predict_step`` are those of
+Steps, metrics, ``test_outputs``, ``predict_proba`` (with its test-time augmentation) and ``predict_step`` are those of
 :class:`SupervisedClassifier`.
 """
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from audio_ssl.methods.supervised import SupervisedClassifier
@@ -211,13 +210,7 @@ class FineTuneClassifier(SupervisedClassifier):
     # ------------------------------------------------------------------ device-side transforms
     def _mask(self, inputs: Tensor) -> Tensor:
         """SpecAugment on a spectrogram: ``[B, 1, F, T]`` as is, time-major ``[B, frames, bins]`` transposed."""
-        if inputs.ndim == 4:
-            return self.spec_augment(inputs)
-        if inputs.ndim == 3:
-            return rearrange(self.spec_augment(rearrange(inputs, "b t f -> b 1 f t")), "b 1 f t -> b t f")
-        raise ValueError(f"{type(self).__name__}: freq_mask/time_mask mask a spectrogram, but the front end "
-                         f"{type(self.frontend).__name__} gives {tuple(inputs.shape)} (a waveform): set freq_mask "
-                         "and time_mask to 0")
+        return self._on_spectrogram(inputs, self.spec_augment)
 
     def train_transform(self, batch: dict) -> dict:
         """Waveform gain/shift (if configured) -> front end -> SpecAugment (if configured) -> mixup, on the device."""

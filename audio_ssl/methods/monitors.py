@@ -5,8 +5,9 @@ Both look at clip embeddings ``[N, D]`` with labels ``[N]``; labels only ever fe
 * :class:`OnlineProbe` is a linear classifier trained on *detached* embeddings alongside the method (its own
   optimizer group, see :meth:`~audio_ssl.methods.base.BaseMethod.configure_optimizers`), the usual way
   solo-learn and lightly (``OnlineLinearClassifier``) follow linear separability during pretraining.
-* :class:`KNNMonitor` keeps this epoch's training embeddings as a memory bank and scores the validation
-  clips with a weighted k-nearest-neighbour vote (Wu et al., 2018, "Unsupervised feature learning via
+* :class:`KNNMonitor` keeps the embeddings of the clean labelled training clips (whole clips, no augmentation,
+  the encoder in eval mode, like the queries; :meth:`~audio_ssl.methods.base.BaseMethod.knn_bank` computes them at
+  validation time) as a memory bank and scores the validation clips with a weighted k-nearest-neighbour vote (Wu et al., 2018, "Unsupervised feature learning via
   non-parametric instance discrimination", eq. 7: cosine similarity, weights ``exp(s / temperature)``).
 
 :class:`~audio_ssl.methods.base.BaseMethod` owns one of each (``online_probe``, ``knn``) and wires them into
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audio_ssl.utils.distributed import all_gather_no_grad
+from audio_ssl.utils.distributed import all_gather_rows
 
 __all__ = ["KNNMonitor", "OnlineProbe", "knn_predict"]
 
@@ -68,12 +69,14 @@ class OnlineProbe(nn.Linear):
 
 
 class KNNMonitor(nn.Module):
-    """kNN accuracy of validation embeddings against the epoch's training embeddings (see :func:`knn_predict`).
+    """kNN accuracy of validation embeddings against a memory bank of training embeddings (:func:`knn_predict`).
 
-    :meth:`collect` stores detached embeddings per stage (``"train"`` into the bank, anything else as queries);
-    :meth:`compute` gathers the bank over every process (so each rank votes with the global bank; every rank
-    must call it, since it is a collective) and returns this rank's ``(correct, count)``, or ``None`` when the
-    bank or the queries are empty. No parameters and no state in checkpoints.
+    :meth:`collect` keeps detached query embeddings (the validation clips); :meth:`set_bank` sets the bank, the
+    embeddings of the clean training clips, gathered over every process (each rank passes its shard, shards may
+    differ in size; a collective: every rank must call it); :meth:`compute` scores this rank's queries against
+    the bank and returns ``(accuracy, count)``, or ``None`` when the bank or the queries are empty. The queries
+    are cleared by :meth:`compute` and :meth:`clear_queries`; the bank stays until the next :meth:`set_bank`.
+    No parameters and no state in checkpoints.
     """
 
     def __init__(self, num_classes: int, k: int = 20, temperature: float = 0.07):
@@ -81,28 +84,32 @@ class KNNMonitor(nn.Module):
         if k < 1 or temperature <= 0:
             raise ValueError(f"KNNMonitor: k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
         self.num_classes, self.k, self.temperature = num_classes, k, temperature
-        self.bank: list[tuple[Tensor, Tensor]] = []
+        self.bank: tuple[Tensor, Tensor] | None = None
+        """``(embeddings [N, D] float32, labels [N])`` over every process, or None before :meth:`set_bank`."""
         self.queries: list[tuple[Tensor, Tensor]] = []
 
-    def collect(self, embeddings: Tensor, labels: Tensor, stage: str) -> None:
-        """Keep ``embeddings [N, D]`` and ``labels [N]``: into the bank for ``stage == "train"``, else as queries."""
-        target = self.bank if stage == "train" else self.queries
-        target.append((embeddings.detach().float(), labels.detach()))
+    def collect(self, embeddings: Tensor, labels: Tensor) -> None:
+        """Keep query ``embeddings [N, D]`` and ``labels [N]`` (detached) for the next :meth:`compute`."""
+        self.queries.append((embeddings.detach().float(), labels.detach()))
 
-    def reset_bank(self) -> None:
-        self.bank.clear()
+    def clear_queries(self) -> None:
+        self.queries.clear()
+
+    def set_bank(self, embeddings: Tensor, labels: Tensor) -> None:
+        """The bank: this rank's ``embeddings [N_r, D]`` and ``labels [N_r]``, gathered over every process."""
+        self.bank = (all_gather_rows(embeddings.detach().float()), all_gather_rows(labels.detach()))
 
     def compute(self) -> tuple[Tensor, int] | None:
-        """``(accuracy on this rank's queries, number of queries)``, the bank gathered over processes; the
-        queries are cleared. ``None`` when there is nothing to score."""
+        """``(accuracy on this rank's queries, number of queries)`` against the bank; the queries are cleared.
+        ``None`` when there is nothing to score."""
         queries, self.queries = self.queries, []
-        if not self.bank or not queries:
+        if self.bank is None or len(self.bank[0]) == 0 or not queries:
             return None
-        bank_x = all_gather_no_grad(torch.cat([x for x, _ in self.bank]))
-        bank_y = all_gather_no_grad(torch.cat([y for _, y in self.bank]))
+        bank_x, bank_y = self.bank
         val_x = torch.cat([x for x, _ in queries])
         val_y = torch.cat([y for _, y in queries])
-        scores = knn_predict(bank_x, bank_y, val_x, self.num_classes, self.k, self.temperature)
+        scores = knn_predict(bank_x.to(val_x.device), bank_y.to(val_x.device), val_x, self.num_classes, self.k,
+                             self.temperature)
         return (scores.argmax(1) == val_y).float().mean(), len(val_y)
 
     def extra_repr(self) -> str:

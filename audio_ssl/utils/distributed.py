@@ -31,7 +31,7 @@ import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["is_dist", "world_size", "rank", "gather_with_grad", "all_gather_no_grad", "process_rank", "is_rank_zero",
+__all__ = ["is_dist", "world_size", "rank", "gather_with_grad", "all_gather_no_grad", "all_gather_rows", "process_rank", "is_rank_zero",
            "barrier", "all_gather_objects", "broadcast_from_rank_zero", "CrossProcessBatchNorm",
            "convert_sync_batchnorm", "destroy_process_group_at_exit"]
 
@@ -77,6 +77,20 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(out, x)
     return torch.cat(out, dim=0)
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """All-gather ``x [N_r, ...]`` along dim 0 without gradients when ranks hold different numbers of rows
+    (e.g. evaluation shards that differ by one clip): the rows of rank 0, then rank 1, ... Every rank must call
+    it with the same trailing shape and dtype. Single process: returns ``x.detach()``."""
+    if world_size() == 1:
+        return x.detach()
+    x = x.detach().contiguous()
+    sizes = all_gather_no_grad(torch.tensor([len(x)], device=x.device)).tolist()
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: len(x)] = x
+    parts = all_gather_no_grad(padded).split(max(sizes))
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
 
 # ---------------------------------------------------------------------------------------------- rank-safe side effects

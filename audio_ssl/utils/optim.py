@@ -179,13 +179,23 @@ def group_start(group: dict, total_steps: int) -> int:
 
 
 def build_scheduler(name: str, optimizer, total_steps: int, warmup_fraction: float = 0.1,
-                    max_lr: float | list[float] | None = None):
-    """A per-step schedule over ``total_steps`` optimizer steps: ``onecycle`` (peaks at ``max_lr``, default 4x
-    each group's lr), ``cosine`` (linear warm-up over ``warmup_fraction`` of the steps, then cosine to zero),
-    ``constant`` or ``none`` (returns None). Both schedules continue at a new length when a run is resumed with
-    a different total (:class:`ResizableSchedule`). A group may set ``start_step`` (lr 0 until then, then its
-    own warm-up and cosine; ``cosine`` only). Raises ValueError for an unknown name, a ``start_step`` with another
-    schedule or, for onecycle, groups whose ``max_lr``/``lr`` ratios differ."""
+                    max_lr: float | list[float] | None = None, div_factor: float = 25.0,
+                    final_div_factor: float = 1e4):
+    """A per-step schedule over ``total_steps`` optimizer steps: ``onecycle``, ``cosine`` (linear warm-up over
+    ``warmup_fraction`` of the steps, then cosine to zero), ``constant`` or ``none`` (returns None). Both
+    schedules continue at a new length when a run is resumed with a different total (:class:`ResizableSchedule`).
+    A group may set ``start_step`` (lr 0 until then, then its own warm-up and cosine; ``cosine`` only).
+
+    ``onecycle`` is :class:`torch.optim.lr_scheduler.OneCycleLR` (Smith & Topin, 2019) with its own semantics:
+    each group starts at ``peak / div_factor``, rises (cosine) to its peak over ``warmup_fraction`` of the steps,
+    then anneals (cosine) to ``peak / (div_factor * final_div_factor)``; the optimizer's ``lr`` does not set the
+    start. The peak of the first group is ``max_lr`` (a list: one per group); other groups keep their ratio to
+    the first group's ``lr`` (e.g. a head at 10x the encoder). Without ``max_lr`` each group peaks at its ``lr``.
+
+    Raises:
+        ValueError: an unknown name; a ``start_step`` with another schedule; ``div_factor`` or
+            ``final_div_factor`` not positive; a ``max_lr`` list whose length is not the number of groups.
+    """
     name = name.lower()
     late = [g.get("name", "?") for g in optimizer.param_groups if g.get("start_step", 0)]
     if late and name != "cosine":
@@ -194,23 +204,25 @@ def build_scheduler(name: str, optimizer, total_steps: int, warmup_fraction: flo
     if name in ("none", "constant"):
         return None
     if name == "onecycle":
+        if not (div_factor > 0 and final_div_factor > 0):
+            raise ValueError(f"onecycle: div_factor and final_div_factor must be > 0, got div_factor={div_factor}, "
+                             f"final_div_factor={final_div_factor}")
         base = [g["lr"] for g in optimizer.param_groups]
         if max_lr is None:
-            peaks = [4 * b for b in base]
+            peaks = base
         elif isinstance(max_lr, (list, tuple)):
+            if len(max_lr) != len(base):
+                raise ValueError(f"onecycle: max_lr has {len(max_lr)} values for {len(base)} parameter groups")
             peaks = list(max_lr)
         else:
-            # One peak for the main group; other groups keep their ratio to the main group's lr.
+            # One peak for the first group; other groups keep their ratio to the first group's lr.
             peaks = [max_lr * b / base[0] for b in base]
-        div = [p / b for p, b in zip(peaks, base)]
-        if len(set(round(d, 9) for d in div)) != 1:
-            raise ValueError(f"onecycle needs the same max_lr/lr ratio in every group, got {div}")
         total_steps = max(3, total_steps)
         # OneCycleLR divides by both phase lengths (pct*T - 1 and T*(1 - pct)): keep both positive.
         pct_start = min(max(warmup_fraction, 1.5 / total_steps), 1 - 0.5 / total_steps)
         return OneCycleSchedule(
             optimizer, max_lr=peaks, total_steps=total_steps, pct_start=pct_start,
-            div_factor=div[0], anneal_strategy="cos",
+            div_factor=div_factor, final_div_factor=final_div_factor, anneal_strategy="cos",
         )
     if name == "cosine":
         warmup = round(warmup_fraction * total_steps)

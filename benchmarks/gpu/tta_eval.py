@@ -1,12 +1,15 @@
 """Re-test the final weights of a finished ``audio-ssl cv`` run with test-time augmentation, into a second run folder.
 
-    python benchmarks/gpu/tta_eval.py --run-dir results/NAME [--name NAME_tta10] [--tta-views 10] [--folds 1,2]
+    python benchmarks/gpu/tta_eval.py --run-dir results/NAME [--name NAME_tta10] [--tta-views 10] [--tta augment]
+                                      [--folds 1,2]
 
 For every finished fold of ``--run-dir`` (its ``fold{k}/result.json`` and ``fold{k}/final.ckpt``), the fold's
 Lightning config is rebuilt exactly as the run trained it (same YAML, same overrides, from ``run.json``) plus
-``--model.init_args.tta_views N``; the final weights are loaded (never a checkpoint chosen on the test fold) and
-the model is tested on the held-out fold. ``SupervisedClassifier.tta_views`` only changes the test step (softmax
-averaged over N evenly spaced circular shifts of each clip), so this is the recipe's TTA row without retraining.
+``--model.init_args.tta_views N --model.init_args.tta MODE``; the final weights are loaded (never a checkpoint chosen
+on the test fold) and the model is tested on the held-out fold. ``SupervisedClassifier.tta_views`` only changes the
+test step (the softmax averaged over N views of each clip: ``augment``, the clean clip and N - 1 seeded draws of
+the training augmentations, time shift and SpecAugment masks; ``shift``, N evenly spaced circular shifts), so this
+is the recipe's TTA row without retraining.
 Writes ``<out>/<name>/`` in the cv runner's format (``fold{k}/result.json``, ``predictions/``, ``folds.csv``,
 ``summary.json``), so ``audio-ssl results`` reads it like any CV run. Folds already in the output are skipped.
 """
@@ -44,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, help="a finished CV run folder (results/NAME)")
     parser.add_argument("--name", default=None, help="output run name (default: <NAME>_tta<N>)")
     parser.add_argument("--out", default=None, help="results root for the output (default: the run's parent)")
-    parser.add_argument("--tta-views", type=int, default=10, help="circular-shift views per clip (default %(default)s)")
+    parser.add_argument("--tta-views", type=int, default=10, help="views per clip (default %(default)s)")
+    parser.add_argument("--tta", choices=("augment", "shift"), default="augment",
+                        help="augmented views (the clean clip + seeded training augmentations) or evenly spaced "
+                             "circular shifts (default %(default)s)")
     parser.add_argument("--folds", type=parse_folds, default=None, help="default: every finished fold")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -56,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tta_views < 2:
         parser.error("--tta-views must be >= 2 (1 is the run itself)")
     config_path = Path(run_meta["config_file"])
-    overrides = list(run_meta["overrides"]) + ["--model.init_args.tta_views", str(args.tta_views)]
-    name = args.name or f"{src.name}_tta{args.tta_views}"
+    overrides = list(run_meta["overrides"]) + ["--model.init_args.tta_views", str(args.tta_views),
+                                               "--model.init_args.tta", args.tta]
+    name = args.name or f"{src.name}_tta{args.tta_views}{'' if args.tta == 'augment' else '_shift'}"
     dst = Path(args.out) / name if args.out else src.parent / name
     record = run_store.RunRecord(name=name, config_file=str(config_path), pipeline="lightning", overrides=overrides,
                                  fingerprint=config_fingerprint(config_path, overrides),
@@ -81,15 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         args_f = lightning_args(context, config_path, context.work_dir, stage="tta") + overrides
         # fit_stage loads final.ckpt when it exists (checked above) and never trains then
         cli, epochs = fit_stage(args_f, run_store.fold_dir(src, fold))
-        if cli.model.tta_views != args.tta_views:
-            raise RuntimeError(f"the model has tta_views={cli.model.tta_views}, expected {args.tta_views}")
+        if (cli.model.tta_views, cli.model.tta) != (args.tta_views, args.tta):
+            raise RuntimeError(f"the model has tta_views={cli.model.tta_views}, tta={cli.model.tta!r}; expected "
+                               f"{args.tta_views}, {args.tta!r}")
         source = done[fold].variants[DEFAULT_VARIANT]
         description = dataclasses.replace(
             source.description, epochs=epochs, wall_time_s=None, device=None,
             protocol=f"{source.description.protocol or 'supervised from scratch'}; final weights re-tested "
-                     f"with {args.tta_views}-view circular-shift TTA",
+                     f"with {args.tta_views}-view {'augmented' if args.tta == 'augment' else 'circular-shift'} TTA",
             configs={"tta": resolved_config_text(cli)},
-            details={**source.description.details, "tta_views": args.tta_views, "source_run": str(src)})
+            details={**source.description.details, "tta_views": args.tta_views, "tta": args.tta,
+                     "source_run": str(src)})
         output = evaluate_stage(cli, description)
         output.description.wall_time_s = time.perf_counter() - start
         result = run_store.save_fold_result(dst, fold, {DEFAULT_VARIANT: output}, output.description.wall_time_s,
