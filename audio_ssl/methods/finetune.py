@@ -57,14 +57,14 @@ class FineTuneClassifier(SupervisedClassifier):
         layer_decay: layer-wise lr decay factor in (0, 1] (None: every encoder parameter at ``encoder_lr``).
         label_smoothing, freq_mask, time_mask, num_freq_masks, num_time_masks, mixup_alpha, mixup_prob,
             gain_db, time_shift, tta_views: as in :class:`SupervisedClassifier` (masks in the front end's
-            bins/frames; 0 turns SpecAugment off, the default).
+            bins/frames; 0 turns SpecAugment off, the default); ``tta``, ``tta_seed`` pass through ``**kwargs``.
         **kwargs: :class:`BaseMethod` options (sample_rate, frontend, optimizer, weight_decay, scheduler,
             warmup_fraction, ...). ``lr`` is not accepted: set ``encoder_lr`` and ``head_lr``.
 
     Raises:
-        ValueError: ``lr`` given, a negative ``encoder_lr`` or non-positive ``head_lr``, a negative
-            ``freeze_encoder_epochs`` or one set with ``freeze_encoder`` (at fit: not fewer than ``max_epochs``, or
-            with a scheduler other than cosine), ``layer_decay`` outside
+        ValueError: ``gain_db`` with an instance-normalised front end, ``lr`` given, a negative ``encoder_lr`` or
+            non-positive ``head_lr``, a negative ``freeze_encoder_epochs`` or one set with ``freeze_encoder`` (at
+            fit: not fewer than ``max_epochs``, or with a scheduler other than cosine), ``layer_decay`` outside
             (0, 1] or with an encoder that does not state its depth, a front end at another sample rate than
             the data (the error names both rates), ``freq_mask``/``time_mask`` with a front end that gives
             waveforms (the wav2vec 2.0 family; the error names the model kind).

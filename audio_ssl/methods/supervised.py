@@ -89,8 +89,7 @@ class SupervisedClassifier(BaseMethod):
             raise ValueError(f"tta_views must be >= 1, got {tta_views}")
         if tta not in ("augment", "shift"):
             raise ValueError(f"{name}: tta must be 'augment' or 'shift', got {tta!r}")
-        if tta == "augment" and tta_views > 1 and time_shift <= 0 and not (
-                (freq_mask > 0 and num_freq_masks > 0) or (time_mask > 0 and num_time_masks > 0)):
+        if tta == "augment" and tta_views > 1 and time_shift <= 0 and not self._masks_spectrogram():
             raise ValueError(f"{name}: tta_views={tta_views} with tta='augment' draws views from the training "
                              "augmentations, but time_shift, freq_mask and time_mask are all 0 (every view would be "
                              "the clean clip): set one of them, or tta: shift")
@@ -160,12 +159,16 @@ class SupervisedClassifier(BaseMethod):
             limit = self.shift.max_shift(num_samples) if isinstance(self.shift, RandomTimeShift) else 0
             shift = int(np.floor(draws["shift"] * (2 * limit + 1))) - limit  # uniform over -limit..limit
             inputs = self.frontend(torch.roll(audio, shift, -1) if shift else audio)
-            augment = self.spec_augment
-            if (augment.freq_mask > 0 and augment.num_freq_masks > 0) or (augment.time_mask > 0 and
-                                                                          augment.num_time_masks > 0):
+            if self._masks_spectrogram():
                 inputs = self._on_spectrogram(inputs, lambda spec, d=draws: self._tta_mask(spec, d))
             views.append(inputs)
         return views
+
+    def _masks_spectrogram(self) -> bool:
+        """Whether SpecAugment masks anything (a frequency or a time mask of positive width and count)."""
+        augment = self.spec_augment
+        return (augment.freq_mask > 0 and augment.num_freq_masks > 0) or (augment.time_mask > 0 and
+                                                                           augment.num_time_masks > 0)
 
     def tta_view_draws(self, view: int) -> dict[str, float | list[tuple[float, float]]]:
         """The uniform [0, 1) numbers of test-time view ``view`` (``numpy.random.default_rng([tta_seed, view])``,

@@ -115,3 +115,24 @@ def test_gathering_rows_of_different_counts_over_two_processes():
     expected = torch.cat([torch.arange(6.0).view(-1, 2), torch.arange(12.0).view(-1, 2) + 100])
     for result in results:
         torch.testing.assert_close(result["gathered"], expected)
+
+
+@pytest.mark.ddp
+def test_two_processes_score_against_the_same_bank_as_one(tmp_path_factory, tmp_path):
+    """45 training clips over 2 ranks (shards of 23 and 22, gathered unevenly) and 15 queries: the same kNN
+    accuracy as one process."""
+    from audio_ssl.data.synthetic import make_synthetic_esc50
+
+    root, cache = tmp_path_factory.mktemp("esc50_knn"), tmp_path_factory.mktemp("cache_knn")
+    make_synthetic_esc50(root, num_classes=5, clips_per_class=15, seconds=0.5, seed=2)
+
+    def run(devices: int) -> float:
+        data = ESC50DataModule(str(root), test_fold=2, val_fold=1, clip_seconds=0.5, batch_size=4,
+                               eval_batch_size=2, num_workers=0, cache_dir=str(cache))
+        assert len(data.split_dataset("train")) == 45
+        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                            logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                            default_root_dir=str(tmp_path))
+        return trainer.validate(tiny_simclr(), datamodule=data, verbose=False)[0]["val/knn_acc"]
+
+    assert run(2) == pytest.approx(run(1), abs=1e-6)
