@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = Path(__file__).resolve().parent / "fast_dev_run"
 
-__all__ = ["common_args", "config_args", "lightning_configs", "prepare_recipe", "run_id", "small_overrides"]
+__all__ = ["common_args", "config_args", "lightning_configs", "merged", "prepare_recipe", "run_id", "small_overrides"]
 
 
 def lightning_configs() -> list[tuple[Path, ...]]:
@@ -32,6 +32,18 @@ def lightning_configs() -> list[tuple[Path, ...]]:
         else:
             runs.append((path,))
     return runs
+
+
+def merged(configs) -> dict:
+    """The stacked YAML files merged as the CLI merges plain values: later files win, mappings merge."""
+    def merge(base, extra):
+        if isinstance(base, dict) and isinstance(extra, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in extra.items()}}
+        return extra
+    result: dict = {}
+    for path in configs:
+        result = merge(result, yaml.safe_load(Path(path).read_text()) or {})
+    return result
 
 
 def prepare_recipe(configs: Path | tuple[Path, ...]) -> None:

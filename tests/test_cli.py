@@ -15,25 +15,21 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from cli_utils import common_args, config_args, lightning_configs, prepare_recipe, run_id, small_overrides
+from cli_utils import (
+    common_args,
+    config_args,
+    lightning_configs,
+    merged,
+    prepare_recipe,
+    run_id,
+    small_overrides,
+)
 
 from audio_ssl.cli import LINKED, build_cli, main
 from audio_ssl.utils.checkpoints import RUN_FILE, RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = lightning_configs()
-
-
-def merged(configs) -> dict:
-    """The stacked YAML files merged as the CLI does for plain values: later files win, mappings merge."""
-    def merge(base, extra):
-        if isinstance(base, dict) and isinstance(extra, dict):
-            return {**base, **{k: merge(base.get(k), v) for k, v in extra.items()}}
-        return extra
-    result: dict = {}
-    for path in configs:
-        result = merge(result, yaml.safe_load(path.read_text()) or {})
-    return result
 
 
 @pytest.mark.parametrize("configs", CONFIGS, ids=run_id)

@@ -4,14 +4,12 @@ the gain that instance normalisation would undo, the OneCycle schedule and the r
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from cli_utils import lightning_configs, run_id
+from cli_utils import lightning_configs, merged, run_id
 
 from audio_ssl.features import LogMelSpectrogram
 from audio_ssl.methods import FineTuneClassifier, SupervisedClassifier
@@ -272,18 +270,6 @@ def test_onecycle_short_runs(total_steps):
 # ----------------------------------------------------------------------------- the recipes' time masks
 
 
-def merged_recipe(configs) -> dict:
-    """The stacked YAML files merged as the CLI merges plain values (later files win, mappings merge)."""
-    def merge(base, extra):
-        if isinstance(base, dict) and isinstance(extra, dict):
-            return {**base, **{k: merge(base.get(k), v) for k, v in extra.items()}}
-        return extra
-    result: dict = {}
-    for path in configs:
-        result = merge(result, yaml.safe_load(Path(path).read_text()) or {})
-    return result
-
-
 KALDI_FBANK_FRAMES = {"audio_ssl.methods.BEATsClassifier", "audio_ssl.models.HFAudioEncoder"}
 """Front ends of 25 ms windows every 10 ms at 16 kHz (BEATs' fbank, AST's feature extractor): 1 + (T - 400) // 160."""
 
@@ -291,7 +277,7 @@ KALDI_FBANK_FRAMES = {"audio_ssl.methods.BEATsClassifier", "audio_ssl.models.HFA
 def masked_recipes() -> list:
     out = []
     for configs in lightning_configs():
-        model = merged_recipe(configs).get("model") or {}
+        model = merged(configs).get("model") or {}
         if str(model.get("class_path", "")).split(".")[-1] in ("SupervisedClassifier", "FineTuneClassifier",
                                                               "BEATsClassifier"):
             out.append(configs)
@@ -304,7 +290,7 @@ def test_the_largest_time_mask_covers_at_most_a_fifth_of_a_5s_clip(configs):
     values, else the class defaults), masks at most 20% of the frames of a 5 s clip at its data's sample rate."""
     from pydoc import locate
 
-    config = merged_recipe(configs)
+    config = merged(configs)
     model, data = config["model"], config["data"]["init_args"]
     cls = locate(model["class_path"])
     args = model.get("init_args") or {}
