@@ -330,8 +330,8 @@ class MaskedTokenPrediction(BaseMethod):
                       sync_dist=True)
 
     def _monitor(self, spec: Tensor, labels: Tensor, stage: str) -> Tensor:
-        """Online probe and kNN bank on clip embeddings of the unmasked spectrogram (no gradient)."""
-        if self.online_probe is None and self.knn is None:
+        """Online probe and kNN queries on clip embeddings of the unmasked spectrogram (no gradient)."""
+        if self.online_probe is None and (self.knn is None or stage != "val"):
             return spec.new_zeros(())
         with torch.no_grad():
             emb = self.encoder(spec)

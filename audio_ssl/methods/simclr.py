@@ -10,8 +10,8 @@ What the method does per training step, all on the accelerator:
    gradients, see :mod:`audio_ssl.losses.nt_xent`).
 3. Monitors that never touch the encoder's gradients: the online linear probe on detached embeddings
    (``train/online_probe_acc``, ``val/online_probe_acc``) and the kNN accuracy on the validation fold
-   (``val/knn_acc``; its memory bank holds the epoch's view-1 training embeddings, i.e. augmented crops,
-   and the queries are clean whole validation clips). The contrastive top-1/top-5 accuracy is logged too: a
+   (``val/knn_acc``; its memory bank holds the clean whole training clips embedded at validation time, see
+   :meth:`~audio_ssl.methods.base.BaseMethod.knn_bank`, and the queries are clean whole validation clips). The contrastive top-1/top-5 accuracy is logged too: a
    task the encoder solves almost perfectly (top-1 near 1) is a sign that the augmentations are too weak.
 
 Validation also reports the NT-Xent loss and accuracy on two views of each validation clip built with the
