@@ -89,6 +89,8 @@ class SupervisedClassifier(BaseMethod):
             raise ValueError(f"tta_views must be >= 1, got {tta_views}")
         if tta not in ("augment", "shift"):
             raise ValueError(f"{name}: tta must be 'augment' or 'shift', got {tta!r}")
+        if int(tta_seed) < 0:
+            raise ValueError(f"{name}: tta_seed must be >= 0, got {tta_seed}")
         if tta == "augment" and tta_views > 1 and time_shift <= 0 and not self._masks_spectrogram():
             raise ValueError(f"{name}: tta_views={tta_views} with tta='augment' draws views from the training "
                              "augmentations, but time_shift, freq_mask and time_mask are all 0 (every view would be "

@@ -147,6 +147,8 @@ def test_tta_options_are_checked():
         tiny_model(tta_views=0)
     with pytest.raises(ValueError, match="tta must be 'augment' or 'shift', got 'roll'"):
         tiny_model(tta_views=2, tta="roll")
+    with pytest.raises(ValueError, match="tta_seed must be >= 0, got -1"):
+        tiny_model(tta_views=2, tta="shift", tta_seed=-1)
     with pytest.raises(ValueError, match="time_shift, freq_mask and time_mask are all 0"):
         tiny_model(tta_views=2)  # tiny_model trains without masks or shifts: nothing to draw views from
     tiny_model(tta_views=2, tta="shift")
