@@ -1,7 +1,7 @@
 """Re-test the final weights of a finished ``audio-ssl cv`` run with test-time augmentation, into a second run folder.
 
     python benchmarks/gpu/tta_eval.py --run-dir results/NAME [--name NAME_tta10] [--tta-views 10] [--tta augment]
-                                      [--folds 1,2]
+                                      [--tta-seed 0] [--folds 1,2]
 
 For every finished fold of ``--run-dir`` (its ``fold{k}/result.json`` and ``fold{k}/final.ckpt``), the fold's
 Lightning config is rebuilt exactly as the run trained it (same YAML, same overrides, from ``run.json``) plus
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", choices=("augment", "shift"), default="augment",
                         help="augmented views (the clean clip + seeded training augmentations) or evenly spaced "
                              "circular shifts (default %(default)s)")
+    parser.add_argument("--tta-seed", type=int, default=0, help="seed of the augmented views (default %(default)s)")
     parser.add_argument("--folds", type=parse_folds, default=None, help="default: every finished fold")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -63,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tta-views must be >= 2 (1 is the run itself)")
     config_path = Path(run_meta["config_file"])
     overrides = list(run_meta["overrides"]) + ["--model.init_args.tta_views", str(args.tta_views),
-                                               "--model.init_args.tta", args.tta]
-    name = args.name or f"{src.name}_tta{args.tta_views}{'' if args.tta == 'augment' else '_shift'}"
+                                               "--model.init_args.tta", args.tta,
+                                               "--model.init_args.tta_seed", str(args.tta_seed)]
+    name = args.name or (f"{src.name}_tta{args.tta_views}{'' if args.tta == 'augment' else '_shift'}"
+                         f"{f'_seed{args.tta_seed}' if args.tta_seed else ''}")
     dst = Path(args.out) / name if args.out else src.parent / name
     record = run_store.RunRecord(name=name, config_file=str(config_path), pipeline="lightning", overrides=overrides,
                                  fingerprint=config_fingerprint(config_path, overrides),
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             protocol=f"{source.description.protocol or 'supervised from scratch'}; final weights re-tested "
                      f"with {args.tta_views}-view {'augmented' if args.tta == 'augment' else 'circular-shift'} TTA",
             configs={"tta": resolved_config_text(cli)},
-            details={**source.description.details, "tta_views": args.tta_views, "tta": args.tta,
+            details={**source.description.details, "tta_views": args.tta_views, "tta": args.tta, "tta_seed": args.tta_seed,
                      "source_run": str(src)})
         output = evaluate_stage(cli, description)
         output.description.wall_time_s = time.perf_counter() - start
