@@ -26,8 +26,9 @@ folds only; a row asking for ``transductive: true`` is refused), in ``<out>/<nam
   :class:`BudgetExhausted` inside it; every file the runner writes is written atomically, so nothing is left
   half-written). The next invocation continues from there.
 
-After the rows, ``<out>/reproduce_summary.json`` and ``<out>/reproduce_summary.md`` describe every row from the
-result files on disk (also rows finished by earlier invocations): per variant the 5-fold accuracy mean ± sample
+After the rows, ``<out>/reproduce_summary.json`` and ``<out>/reproduce_summary.md`` describe every row of the table
+(the selected ones and the others, ``not started`` when they have no result yet) from the result files on disk
+(also rows finished by earlier invocations): per variant the 5-fold accuracy mean ± sample
 std, every fold, the random-init control next to each pretrained probe or fine-tune (variant ``X_random_init``
 beside ``X_pretrained``, or ``random_init`` beside ``pretrained``), the data-stall fraction per fold when the
 folds recorded ``data_stall_fraction``, wall time, the inductive flag and the device; the invocation (budget,
@@ -458,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         rows, smoke = load_rows(args.rows_file)
     except (OSError, ValueError) as err:
         parser.exit(2, f"audio-ssl reproduce: error: {err}\n")
+    table = [r.effective(args.smoke) for r in rows]  # the summary describes every row, the selected ones run
     if args.rows:
         wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
         unknown = [w for w in wanted if w not in {r.name for r in rows}]
@@ -509,8 +511,9 @@ def main(argv: list[str] | None = None) -> None:
                   "budget_s": clock.budget_s, "elapsed_s": clock.elapsed(), "stopped_by_budget": stopped is not None,
                   "stopped_in": stopped, "failed_rows": crashed, "device": device_description(),
                   "data_dir": data_args.get("data_dir"), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    summary = write_summary(rows, out, invocation)
-    incomplete = [e["run"] for e in summary["rows"] if e["status"] != "complete"]
+    summary = write_summary(table, out, invocation)
+    selected = {r.name for r in rows}
+    incomplete = [e["run"] for e in summary["rows"] if e["row"] in selected and e["status"] != "complete"]
     if not args.smoke and not args.no_readme:
         write_readme(Path(args.readme), summary)
     print(seed_table(summary), end="")

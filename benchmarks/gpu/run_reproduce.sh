@@ -197,7 +197,7 @@ else
   say "no nvidia-smi on this machine"
 fi
 
-# (d) the waveform cache, before any fold starts (and the device check; a cache built by an earlier call is reused)
+# (d) the waveform cache and the device check, once per warm machine, before any fold starts
 prepare() {
   "$PY" -m audio_ssl.utils.environment || return 1
   "$PY" - "$DATA" "$SMOKE" <<'EOF'
@@ -217,18 +217,28 @@ EOF
 }
 export -f prepare
 PREP_OK=0
-((DATA_OK)) && { stage cache 120 60 prepare && PREP_OK=1 || STATUS=1; }
+if ((DATA_OK)) && [[ -f "$WORK/.prepared" ]]; then
+  say "stage cache: skipped (caches built and the device checked by an earlier call)"
+  PREP_OK=1
+elif ((DATA_OK)); then
+  stage cache 120 60 prepare && { PREP_OK=1; touch "$WORK/.prepared"; } || STATUS=1
+fi
 
 # (e) audio-ssl reproduce within what is left of the budget: it stops itself 20 s before the hard timeout and
 # writes its summary; the next call skips finished folds, and a stopped stage resumes from its last.ckpt
 REPRO=(-m audio_ssl.cli reproduce --out "$RESULTS" --data-dir "$DATA" --no-readme
   --set "data.init_args.num_workers=$WORKERS" --set trainer.enable_progress_bar=false)
-if ((SMOKE)); then REPRO+=(--smoke); else REPRO+=(--set "trainer.precision=$PRECISION"); fi
+# not --smoke: every Lightning stage on the GPU (Lightning refuses to start without one), in bf16
+if ((SMOKE)); then REPRO+=(--smoke); else REPRO+=(--set trainer.accelerator=gpu --set "trainer.precision=$PRECISION"); fi
 [[ "${ALL_ROWS:-0}" == 1 ]] || REPRO+=(--gpu-rows)  # MFCC + logistic regression (gpu: false) runs on the CPU machine
 [[ -n "$ROWS" ]] && REPRO+=(--rows "$ROWS")
 [[ -n "$ROWS_FILE" ]] && REPRO+=(--rows-file "$ROWS_FILE")
 [[ -n "$PARALLEL" ]] && REPRO+=(--parallel "$PARALLEL")
 PACK_RESERVE=30
+if [[ ! -d "$RESULTS" && -d "$ROOT/.gpu/results" ]]; then  # a cold machine: the results of earlier calls, carried
+  cp -a "$ROOT/.gpu/results" "$RESULTS" && say "results seeded from .gpu/results: finished folds are kept, a fold" \
+    "that was running restarts (no checkpoints travel)"
+fi
 if ((PREP_OK)); then
   T=$(left $PACK_RESERVE)
   if ((T > 40)); then
