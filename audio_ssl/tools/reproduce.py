@@ -189,6 +189,7 @@ class CVCall:
     overrides: list[str]
     pipeline_set: list[str]
     pipeline: str
+    num_folds: int
 
 
 def cv_call(row: Row, data_args: dict, common_set: dict, cli_set: dict | None = None) -> CVCall:
@@ -227,11 +228,12 @@ def cv_call(row: Row, data_args: dict, common_set: dict, cli_set: dict | None = 
     elif data_args or common_set or cli_set:
         raise ValueError(f"row {row.name}: a {pipeline} pipeline row is not supported by reproduce (data_dir "
                          "cannot be given to it)")
-    from audio_ssl.evaluation.run_config import parse_set_overrides
+    from audio_ssl.evaluation.run_config import infer_num_folds, parse_set_overrides
 
     overrides = parse_set_overrides([f"{k}={_yaml_value(v)}" for k, v in sets.items()])
     return CVCall(config=row.config[0], overlays=row.config[1:], overrides=overrides,
-                  pipeline_set=[f"{k}={_yaml_value(v)}" for k, v in pipeline_set.items()], pipeline=pipeline)
+                  pipeline_set=[f"{k}={_yaml_value(v)}" for k, v in pipeline_set.items()], pipeline=pipeline,
+                  num_folds=infer_num_folds(config, row.config[0]))
 
 
 class Clock:
@@ -240,7 +242,6 @@ class Clock:
     def __init__(self, budget_s: float | None):
         self.start = time.monotonic()
         self.budget_s = budget_s
-        self.stopped = False
 
     def left(self) -> float:
         return math.inf if self.budget_s is None else self.budget_s - (time.monotonic() - self.start)
@@ -274,16 +275,18 @@ def _run_cv_accepts_parallel() -> bool:
     return "parallel" in inspect.signature(run_cv).parameters
 
 
-def run_row(row: Row, call: CVCall, out: Path, clock: Clock, parallel: int, num_folds: int = 5) -> bool:
-    """Run the unfinished folds of ``row`` (then its TTA re-test) while the budget lasts. Returns True when every
-    fold (and re-test) is done. Raises :class:`BudgetExhausted` when the budget stops it."""
+def run_row(row: Row, call: CVCall, out: Path, clock: Clock, parallel: int) -> None:
+    """Run the unfinished folds of ``row`` (every fold of its dataset, ``call.num_folds``), its summary and error
+    analysis, then its TTA re-test, while the budget lasts. Raises :class:`BudgetExhausted` when the budget stops
+    it; a fold the TTA re-test cannot find (no ``final.ckpt``) is logged and left out, and the re-test's run is
+    then incomplete in the summary."""
     from audio_ssl.evaluation import run_store
     from audio_ssl.evaluation.runner import run_cv
 
     run_dir = out / row.name
     kwargs = dict(name=row.name, out=out, overrides=call.overrides, wandb=False, overlays=call.overlays,
                   pipeline_set=call.pipeline_set)
-    pending = [k for k in range(1, num_folds + 1) if run_store.load_fold_result(run_dir, k) is None]
+    pending = [k for k in range(1, call.num_folds + 1) if run_store.load_fold_result(run_dir, k) is None]
     if parallel > 1 and pending:
         if _run_cv_accepts_parallel():
             kwargs["parallel"] = parallel
@@ -306,14 +309,15 @@ def run_row(row: Row, call: CVCall, out: Path, clock: Clock, parallel: int, num_
         from audio_ssl.evaluation.tta import retest_with_tta, tta_run_name
 
         dst = out / tta_run_name(row.name, row.tta_views)
-        for fold in range(1, num_folds + 1):
+        for fold in range(1, call.num_folds + 1):
             if run_store.load_fold_result(dst, fold) is not None:
                 continue
             if clock.left() <= 0:
                 raise BudgetExhausted(f"row {row.name}: no time left before the TTA re-test of fold {fold}")
             with deadline(clock.left()):
-                retest_with_tta(run_dir, row.tta_views, dst, folds=[fold])
-    return True
+                _, missing = retest_with_tta(run_dir, row.tta_views, dst, folds=[fold])
+            if missing:
+                log.error("row %s: fold %d has no final weights in %s to re-test with TTA", row.name, fold, run_dir)
 
 
 def row_runs(row: Row) -> list[str]:
@@ -388,7 +392,7 @@ def seed_table(summary: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     for entry in summary["rows"]:
         if not entry["variants"]:
-            lines.append(f"| {entry['run']} | - | - | {entry['status']} | - | - | 0/5 | - | - | - |")
+            lines.append(f"| {entry['run']} | - | - | {entry['status']} | - | - | 0 | - | - | - |")
             continue
         controls = {v["random_init_control"]["variant"] for v in entry["variants"].values()
                     if "random_init_control" in v}
@@ -400,7 +404,7 @@ def seed_table(summary: dict) -> str:
             lines.append(
                 f"| {entry['run']} | {variant} | {item['protocol'] or item['method'] or '-'} | {_pct(item['acc'])} | "
                 f"{_pct(control['acc']) if control else '-'} | {per_fold or '-'} | "
-                f"{len(entry['folds'])}/{entry.get('num_folds') or 5} | {'yes' if item['inductive'] else 'no'} | "
+                f"{len(entry['folds'])}/{entry.get('num_folds') or '?'} | {'yes' if item['inductive'] else 'no'} | "
                 f"{item['wall_time_s'] / 60:.1f} min | {item['device'] or entry.get('device') or '-'} |")
     return "\n".join(lines) + "\n"
 
