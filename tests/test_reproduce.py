@@ -265,3 +265,11 @@ def test_the_readme_section_is_written_from_the_summary(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match=rf"{readme}: needs exactly one '<!-- results:seed -->'"):
         reproduce.write_readme(readme, summary)
+
+
+def test_a_bad_smoke_data_block_is_named(tmp_path, capsys):
+    path = tmp_path / "rows.yaml"
+    path.write_text(f"smoke: {{data: {{classes: 3}}}}\nrows:\n  - {{name: a, config: {EXPERIMENTS / 'supervised_cpu.yaml'}}}\n")
+    assert run_main(["--smoke", "--rows-file", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: smoke.data {{'classes': 3}}" in err and "classes" in err

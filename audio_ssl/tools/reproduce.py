@@ -480,7 +480,10 @@ def main(argv: list[str] | None = None) -> None:
         data_args["data_dir"] = str(Path(args.data_dir).resolve())
     if args.smoke:
         if not args.data_dir:
-            data_args["data_dir"] = str(make_smoke_data(out / "data", smoke["data"]))
+            try:
+                data_args["data_dir"] = str(make_smoke_data(out / "data", smoke["data"]))
+            except TypeError as err:  # a key make_synthetic_esc50 does not take
+                parser.exit(2, f"audio-ssl reproduce: error: {args.rows_file}: smoke.data {smoke['data']}: {err}\n")
         data_args["cache_dir"] = str((out / "cache").resolve())
     rows = [r.effective(args.smoke) for r in rows]
     cli_set = {}
