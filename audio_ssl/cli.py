@@ -41,6 +41,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from audio_ssl.data.base import FoldAudioDataModule
 from audio_ssl.methods.base import BaseMethod
 from audio_ssl.utils.checkpoints import CheckpointSettings, CheckpointWriteError, RunFolderError, run_identity
+from audio_ssl.utils.data_stall import DataStallMonitor
 from audio_ssl.utils.provenance import to_plain
 
 
@@ -167,11 +168,13 @@ class AudioSSLCLI(LightningCLI):
             parser.link_arguments(source, target)
 
     def instantiate_trainer(self, **kwargs):
-        """The trainer, with the checkpoint callbacks of :class:`CheckpointSettings` for this data module."""
+        """The trainer, with the checkpoint callbacks of :class:`CheckpointSettings` for this data module and a
+        :class:`~audio_ssl.utils.data_stall.DataStallMonitor`."""
         config = self.config.get(str(self.subcommand), self.config)
         settings = self._get(self.config_init, "checkpoint")
         identity = run_identity(config.get("model"), config.get("data"))
         callbacks = settings.callbacks(getattr(self.datamodule, "val_fold", None), identity)
+        callbacks.append(DataStallMonitor())  # perf/data_stall_fraction every epoch (cheap: no per-step sync)
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         return self._instantiate_trainer(trainer_config, callbacks)
 

@@ -3,6 +3,7 @@
     python benchmarks/readme_tables.py serve_load results/cpu-2026-11-30/bench/serve_load.json --readme README.md
     python benchmarks/readme_tables.py onnx_parity results/cpu-2026-11-30/bench/onnx_parity.json --readme README.md
     python benchmarks/readme_tables.py zoo_pipeline_check results/cpu-2026-11-30/bench/zoo_pipeline_check.json --readme README.md
+    python benchmarks/readme_tables.py device_resident results/cpu-2026-11-30/bench/device_resident.json --readme README.md
     python benchmarks/readme_tables.py seed results/reproduce/reproduce_summary.json --readme README.md
 
 Each kind renders one JSON written by its benchmark (``serve_load.py --out``) into a Markdown table and puts it
@@ -77,6 +78,23 @@ def zoo_pipeline_check_table(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def device_resident_table(data: dict) -> str:
+    """One row per ``device_resident.py --out``: the worker DataLoader path against the device-resident path on the
+    same (checked equal) batches of one fold."""
+    header = ["device", "load average", "clips x timed epochs per path", "batch", "DataLoader workers", "DataLoader s/epoch", "resident s/epoch",
+              "DataLoader / resident", "in CPU time", "upload (once)", "on the device"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    c = data["config"]
+    epochs = len(data["pair_ratios"]) * c.get("epochs_per_pass", 1)
+    lines.append(f"| {c['device']} | {data['environment']['loadavg_at_start'][0]:.1f} | {data['clips_per_epoch']} x "
+                 f"{epochs} | {c['batch_size']} | "
+                 f"{c['num_workers']} | {data['dataloader_s']:.3f} | {data['resident_s']:.3f} | "
+                 f"{data['ratio_dataloader_over_resident']:.2f}x | {data['cpu_ratio_dataloader_over_resident']:.2f}x | "
+                 f"{data['upload_s']:.2f} s | "
+                 f"{data['resident_mb']:.0f} MB |")
+    return "\n".join(lines) + "\n"
+
+
 def seed_table(data: dict) -> str:
     """The seed table of ``audio-ssl reproduce`` (its ``reproduce_summary.json``)."""
     from audio_ssl.tools.reproduce import seed_table as render
@@ -85,7 +103,8 @@ def seed_table(data: dict) -> str:
 
 
 RENDERERS = {"serve_load": serve_load_table, "onnx_parity": onnx_parity_table,
-             "zoo_pipeline_check": zoo_pipeline_check_table, "seed": seed_table}
+             "zoo_pipeline_check": zoo_pipeline_check_table, "device_resident": device_resident_table,
+             "seed": seed_table}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -329,3 +329,22 @@ def test_readme_tables_render_onnx_parity_and_zoo_check_rows(tmp_path):
     assert rows == ["| ast | 86.2M | 1.23 | ran, 61 s (acc 2.0 / 0.0 %) | failed (rc 1) |",
                     "| wavlm | 94.4M | 0.50 | ran, 30 s (acc 0.0 / 10.0 %) | fit 20 s, then test: ran, 10 s (acc 12.5 %) |",
                     "| clap | - | - | ran, 10 s (acc 50.0 %) | - |"]
+
+
+def test_device_resident_benchmark_checks_and_times_both_paths(esc50_root, cache_dir, tmp_path, restore_threads):
+    import device_resident
+
+    out = tmp_path / "dr.json"
+    device_resident.main(["--data-dir", str(esc50_root), "--cache-dir", str(cache_dir), "--batch-size", "4",
+                          "--num-workers", "0", "--clip-seconds", "0.5", "--repeats", "2", "--epochs", "2",
+                          "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["batches_equal"] and result["batches_per_epoch"] == 2 and result["clips_per_epoch"] == 8
+    assert len(result["seconds_per_epoch"]["resident"]) == len(result["pair_ratios"]) == 2
+    assert result["ratio_dataloader_over_resident"] == pytest.approx(float(np.median(result["pair_ratios"])))
+    assert result["resident_mb"] == pytest.approx(2 * 10 * 16000 / 1e6 + 8 * 10 / 1e6)  # fold 1: 10 clips of 1 s
+    import readme_tables
+
+    row = readme_tables.device_resident_table(result).splitlines()[2]
+    assert row.startswith("| cpu | ") and f"| 8 x 4 | 4 | 0 | {result['dataloader_s']:.3f} |" in row  # 2 pairs x 2
+    assert f"| {result['ratio_dataloader_over_resident']:.2f}x |" in row

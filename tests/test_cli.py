@@ -68,12 +68,14 @@ def leaves(mapping, prefix=""):
     return out
 
 
-OVERLAID = [c for c in CONFIGS if len(c) == 2 and c[1].parent.name == "cpu"]
+EXPECTED = ROOT / "tests" / "expected_configs"
+# recipes with a cpu overlay that replaced a former <method>_cpu.yaml (recipes written with their overlay have none)
+OVERLAID = [c for c in CONFIGS if len(c) == 2 and c[1].parent.name == "cpu"
+            and (EXPECTED / f"{c[1].stem}_cpu.yaml").exists()]
 
 
 def test_every_former_cpu_recipe_is_an_overlay():
-    assert sorted(c[1].stem + "_cpu" for c in OVERLAID) == sorted(
-        p.stem for p in (ROOT / "tests" / "expected_configs").glob("*.yaml"))
+    assert sorted(c[1].stem + "_cpu" for c in OVERLAID) == sorted(p.stem for p in EXPECTED.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("configs", OVERLAID, ids=run_id)
@@ -85,7 +87,7 @@ def test_size_overlay_resolves_to_the_former_cpu_recipe(configs, capsys, monkeyp
     with pytest.raises(SystemExit):
         build_cli(["fit", *config_args(configs), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
-    expected = yaml.safe_load((ROOT / "tests" / "expected_configs" / f"{configs[1].stem}_cpu.yaml").read_text())
+    expected = yaml.safe_load((EXPECTED / f"{configs[1].stem}_cpu.yaml").read_text())
     got, want = leaves(printed), leaves(expected)
     linked = dict((target, source) for source, target in LINKED)
     for key, value in want.items():

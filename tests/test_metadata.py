@@ -246,3 +246,19 @@ def test_config_errors_are_short_and_args_do_not_warn(capsys, monkeypatch, tmp_p
     code, _, err = run_main(["fit", "--config", str(CONFIG), "--data.init_args.test_fold", "9"], capsys)
     assert code == 2 and err.strip().splitlines() == ["audio-ssl fit: error: test_fold=9 is out of range: esc50 has "
                                                       "folds 1..5", "see audio-ssl fit --help"]
+
+
+def test_probe_encoder_only_refuses_an_encoder_on_other_features(fitted, esc50_root, cache_dir, tmp_path, capsys):
+    """``probe --encoder-only`` puts the checkpoint's encoder into the --config model: a front end at another hop is
+    refused before any embedding, naming both values (the same encoder and front end are probed)."""
+    run_dir, _ = fitted
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    settings = tmp_path / "probe.yaml"
+    settings.write_text("probe:\n  C: 1.0\n  max_iter: 50\n  device: cpu\n")
+    base = ["probe", "--checkpoint", ckpt, "--config", str(CONFIG), "--encoder-only", "--probe", str(settings),
+            "--data-dir", str(esc50_root), "--cache-dir", str(cache_dir),
+            "--data.init_args.clip_seconds", "1.0", "--model.init_args.encoder.init_args.widths", "[4, 8, 8, 8]"]
+    code, _, err = run_main([*base, "--model.init_args.frontend.init_args.hop_length", "256"], capsys)
+    assert code == 2 and "frontend.hop_length: checkpoint 512, this model 256" in err and ckpt in err
+    code, out, _ = run_main(base, capsys)
+    assert code == 0 and 0.0 <= json.loads(out)["pretrained"]["acc"] <= 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import pandas as pd
@@ -13,9 +14,9 @@ from torch.utils.data import DataLoader
 
 from audio_ssl.data.audio import AudioDecodeError
 from audio_ssl.data.cache import CacheGroup, WaveformCache, preview_names
-from audio_ssl.data.datasets import ClipDataset
+from audio_ssl.data.datasets import ClipDataset, ResidentClips, already_batched
 from audio_ssl.data.paths import DATA_ENV, DatasetNotFoundError, default_data_dir
-from audio_ssl.data.sampler import ShardSampler
+from audio_ssl.data.sampler import CropDraws, DistributedCropDraws, ShardSampler
 from audio_ssl.utils.distributed import destroy_process_group_at_exit
 from audio_ssl.utils.download import fetch_and_extract
 
@@ -34,6 +35,10 @@ STAGE_SETS = {
 
 SET_SPLITS = {"train_set": "pretrain", "val_set": "val", "test_set": "test"}
 """The split of each dataset attribute: ``fit`` trains on ``pretrain`` (``train`` unless transductive)."""
+
+RESIDENT_MEMORY_FRACTION = 0.25
+"""``device_resident="auto"`` uploads a stage's clips only when they take at most this fraction of the device's
+free memory (at the time the first loader of the stage is built)."""
 
 
 class FoldAudioDataModule(L.LightningDataModule):
@@ -60,6 +65,14 @@ class FoldAudioDataModule(L.LightningDataModule):
 
     ``data_dir=None`` (a recipe without ``data_dir``) means ``$AUDIO_SSL_DATA/<dataset_name>``
     (default root ``~/.cache/audio-ssl/data``; see :mod:`audio_ssl.data.paths`).
+
+    ``device_resident`` (``"auto"``, ``True``, ``False``): the loaders' clips uploaded once to the trainer's device
+    (:class:`~audio_ssl.data.datasets.ResidentClips`, float16 as in the cache: ESC-50 at 16 kHz is about 320 MB)
+    and batches gathered there by index, with no workers and no per-step copy of audio. The batches are those of
+    the worker DataLoader (same sampler, order, crops, DDP shards, batch dict, ``drop_last``). ``"auto"``: on
+    when the trainer runs on a CUDA device and the clips of the stage's sets (fit: train + val) fit in
+    :data:`RESIDENT_MEMORY_FRACTION` of its free memory, else off; ``True``: on for any device (a CPU trainer, or
+    no trainer: the CPU), an error when the clips do not fit in the free memory of a CUDA device.
     """
 
     dataset_name: str = "audio"
@@ -84,8 +97,11 @@ class FoldAudioDataModule(L.LightningDataModule):
         transductive: bool = False,
         pin_memory: bool = True,
         eval_batch_size: int | None = None,
+        device_resident: bool | Literal["auto"] = "auto",
     ):
         super().__init__()
+        if not (isinstance(device_resident, bool) or device_resident == "auto"):
+            raise ValueError(f"device_resident={device_resident!r} is not one of 'auto', true, false")
         self._check_fold("test_fold", test_fold)
         if val_fold is not None:
             self._check_fold("val_fold", val_fold)
@@ -104,6 +120,8 @@ class FoldAudioDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.download, self.skip_bad_files = download, skip_bad_files
         self.transductive, self.pin_memory = transductive, pin_memory
+        self.device_resident = device_resident
+        self._resident: dict[tuple[int, str], tuple[ClipDataset, ResidentClips]] = {}
         self.metadata: pd.DataFrame | None = None
         self._fold_caches: dict[int, WaveformCache] = {}
         self._groups: dict[tuple[int, ...], CacheGroup] = {}
@@ -361,19 +379,79 @@ class FoldAudioDataModule(L.LightningDataModule):
                 setattr(self, name, self.split_dataset(self._set_split(name), random_crop=name == "train_set"))
 
     def _loader(self, dataset: ClipDataset, train: bool) -> DataLoader:
-        # Evaluation under DDP: every clip once (Lightning's padded DistributedSampler repeats clips).
-        shards = None if train else getattr(self.trainer, "distributed_sampler_kwargs", None)
-        sampler = ShardSampler(dataset, shards["num_replicas"], shards["rank"]) if shards else None
+        """The DataLoader of ``dataset``: shuffled with crop draws for training (:class:`CropDraws`; under DDP the
+        shard of :class:`DistributedCropDraws`, what Lightning would inject, seeded by ``PL_GLOBAL_SEED``), in
+        order for evaluation (under DDP :class:`ShardSampler`: every clip once). Over the device-resident clips
+        (see ``device_resident``) the same sampler, no workers."""
+        trainer = getattr(self, "trainer", None)
+        shards = getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None
+        # Private generators, seeded by two draws from the global one when the loader is built: the order, the
+        # crops and the worker seeds then take nothing from the global generator while batches are drawn (the
+        # DataLoader draws a worker seed per pass, except in later passes with persistent workers), so the
+        # model's random numbers are the same on every path.
+        sampler_seed, loader_seed = torch.empty(2, dtype=torch.int64).random_().tolist()
+        if train and isinstance(dataset, ClipDataset) and dataset.random_crop:
+            sampler = (DistributedCropDraws(dataset, shards["num_replicas"], shards["rank"],
+                                            seed=int(os.getenv("PL_GLOBAL_SEED", 0)))
+                       if shards else CropDraws(dataset, torch.Generator().manual_seed(sampler_seed)))
+        else:  # an evaluation set, or another dataset given for training (shuffled by Lightning under DDP)
+            sampler = None if train or not shards else ShardSampler(dataset, shards["num_replicas"], shards["rank"])
+        batch_size = self.batch_size if train else self.eval_batch_size
+        drop_last = train and len(dataset) > self.batch_size
+        device = self._resident_device() if isinstance(dataset, ClipDataset) else None
+        if device is not None:
+            return DataLoader(self._resident_clips(dataset, device), batch_size=batch_size,
+                              shuffle=train and sampler is None, sampler=sampler, drop_last=drop_last,
+                              num_workers=0, collate_fn=already_batched,
+                              generator=torch.Generator().manual_seed(loader_seed))
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            batch_size=batch_size,
+            shuffle=train and sampler is None,
             sampler=sampler,
-            drop_last=train and len(dataset) > self.batch_size,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(loader_seed),
         )
+
+    def _resident_clips(self, dataset: ClipDataset, device: torch.device) -> ResidentClips:
+        """``dataset`` on ``device``, uploaded once per data module (Lightning asks for loaders again)."""
+        key = (id(dataset), str(device))
+        if key not in self._resident:
+            self._resident[key] = (dataset, ResidentClips(dataset, device))
+            log.info("%s: %d clips (%.0f MB) uploaded to %s; batches are drawn there (device_resident)",
+                     self.dataset_name, len(dataset), ResidentClips.nbytes(dataset) / 1e6, device)
+        return self._resident[key][1]
+
+    def _resident_device(self) -> torch.device | None:
+        """Where the loaders' clips live (``None``: the worker DataLoader path); see ``device_resident``."""
+        if self.device_resident is False:
+            return None
+        trainer = getattr(self, "trainer", None)
+        device = torch.device(trainer.strategy.root_device) if trainer is not None else torch.device("cpu")
+        if device.type != "cuda":
+            return device if self.device_resident is True else None
+        stage = self._trainer_stage()
+        sets = [getattr(self, name) for name in (STAGE_SETS[stage] if stage else SET_SPLITS)]
+        need = sum(ResidentClips.nbytes(s) for s in sets if s is not None
+                   and (id(s), str(device)) not in self._resident)
+        free = torch.cuda.mem_get_info(device)[0]
+        if self.device_resident == "auto" and need > RESIDENT_MEMORY_FRACTION * free:
+            log.info("%s: the clips take %.0f MB, more than %.0f%% of the %.0f MB free on %s: the worker DataLoader "
+                     "path is used (device_resident=auto)", self.dataset_name, need / 1e6,
+                     100 * RESIDENT_MEMORY_FRACTION, free / 1e6, device)
+            return None
+        if need > free:
+            raise MemoryError(f"device_resident=True: the clips of the {stage or 'every'} stage's sets take "
+                              f"{need / 1e6:.0f} MB, more than the {free / 1e6:.0f} MB free on {device}; use "
+                              "device_resident: auto (or false)")
+        return device
+
+    def teardown(self, stage: str) -> None:
+        """Free the device-resident clips at the end of a stage (the next stage uploads what it uses)."""
+        self._resident.clear()
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -26,6 +26,7 @@ from audio_ssl.evaluation.fold import (
     predictions_frame,
 )
 from audio_ssl.evaluation.tracking import logger_spec
+from audio_ssl.utils.data_stall import DataStallMonitor
 from audio_ssl.utils.distributed import barrier, is_rank_zero
 from audio_ssl.utils.io import atomic_write
 from audio_ssl.utils.provenance import CHECKPOINT_KEY
@@ -150,8 +151,9 @@ def evaluate_stage(cli, description: ResultDescription | None = None) -> FoldOut
 
 def fit_and_test(args: list[str], stage_dir: Path, label: str = "fit") -> tuple[object, FoldOutput]:
     """One supervised Lightning stage: fit (resumably) then test with the final weights. The output describes
-    the model as trained here (method, encoder, protocol, epochs, wall time); the resolved config is kept under
-    ``configs[label]``."""
+    the model as trained here (method, encoder, protocol, epochs, wall time, and in ``details`` the mean data stall
+    fraction of the fit's epochs, ``data_stall_fraction``, see :mod:`audio_ssl.utils.data_stall`); the resolved
+    config is kept under ``configs[label]``."""
     start = time.perf_counter()
     cli, epochs = fit_stage(args, stage_dir)
     model = cli.model
@@ -165,6 +167,9 @@ def fit_and_test(args: list[str], stage_dir: Path, label: str = "fit") -> tuple[
         epochs=epochs,
         configs={label: resolved_config_text(cli)},
     )
+    stall = DataStallMonitor.of(cli.trainer)
+    if stall is not None and stall.summary() is not None:  # a stage trained here (not loaded from final.ckpt)
+        description.details.update(stall.summary())
     output = evaluate_stage(cli, description)
     output.description.wall_time_s = time.perf_counter() - start
     return cli, output

@@ -21,6 +21,7 @@ A pipeline config is a YAML with a top-level ``pipeline:`` key; paths are relati
     finetune: supervised_cpu.yaml       # pretrain_finetune: the supervised Lightning YAML to fine-tune with
                                         #   (its encoder must match the pretrained one); a list stacks, as above
     finetune_overrides: []              # optional, extra CLI args for both fine-tuning runs
+    probe: linear_probe.yaml            # pretrain_finetune, optional: also probe the same pretrained weights
 
     pipeline: frozen_probe
     model: efficientnet_b0_finetune.yaml   # a Lightning YAML whose model holds pretrained weights once built
@@ -54,7 +55,10 @@ A pipeline config is a YAML with a top-level ``pipeline:`` key; paths are relati
 - ``pretrain_finetune``: the ``finetune`` YAML fitted on the training folds and tested on fold ``k`` (final
   weights) twice: from the pretrained encoder (``--model.init_args.init_encoder_from pretrain/final.ckpt``,
   folder ``finetune_pretrained/``) and from random init (``finetune_random_init/``). Variants ``pretrained``
-  and ``random_init``.
+  and ``random_init``. With a ``probe`` key the same pretrained weights (one pretraining per fold) and the
+  untrained model are also linear-probed as in ``pretrain_probe``: variants ``probe_pretrained``,
+  ``probe_random_init``, ``finetune_pretrained`` and ``finetune_random_init`` (a seed-table row's probe and
+  fine-tune from one run).
 
 Run-level overrides (``audio-ssl cv --set``/trailing args) go to every Lightning run, after the stage's own.
 Any pipeline key can be set from the command line, ``audio-ssl cv --config experiments/simclr_probe.yaml
@@ -92,7 +96,7 @@ from audio_ssl.evaluation.tracking import finish_wandb
 PIPELINE_KEYS = {
     "pretrain_probe": {"pipeline", "pretrain", "pretrain_overrides", "transductive", "probe", "size"},
     "pretrain_finetune": {"pipeline", "pretrain", "pretrain_overrides", "transductive", "finetune",
-                          "finetune_overrides", "size"},
+                          "finetune_overrides", "probe", "size"},
     "frozen_probe": {"pipeline", "model", "model_overrides", "random_init_overrides", "probe", "max_clips"},
 }
 RANDOM_METHOD = "none (random init)"
@@ -179,13 +183,10 @@ def pretrain_stage(context: FoldContext) -> Pretrained:
                       data, transductive, resolved_config_text(cli))
 
 
-@register_pipeline("pretrain_probe")
-def pretrain_probe(context: FoldContext) -> dict[str, FoldOutput]:
-    """Pretrain, then a linear probe on frozen embeddings of the pretrained and of the untrained encoder."""
-    config = context.config
-    check_pipeline_config(config, "pretrain_probe", context.source)
-    probe_config = load_probe_config(config.get("probe"), context.config_dir)
-    pre = pretrain_stage(context)
+def probe_pretrained(context: FoldContext, pre: Pretrained, probe_config: ProbeConfig,
+                     names: tuple[str, str] = ("pretrained", "random_init")) -> dict[str, FoldOutput]:
+    """The linear probe on frozen embeddings of the fold's pretrained model and of its untrained copy, as the
+    variants ``names`` (pretrained, random init)."""
     dm = pre.cli.datamodule
     train_set, test_set = dm.split_dataset("train"), dm.split_dataset("test")
     groups = fold_groups(dm, train_set)
@@ -195,10 +196,9 @@ def pretrain_probe(context: FoldContext) -> dict[str, FoldOutput]:
     # One cache folder for the run: the untrained model (seeded: the same weights for every fold) and
     # transductive pretraining (one model for every fold) embed each fold once over all held-out folds.
     cache_dir = context.work_dir.parent / "embeddings"
-    for variant, module in (("pretrained", pre.cli.model), ("random_init", pre.untrained)):
+    for variant, module, pretrained in ((names[0], pre.cli.model, True), (names[1], pre.untrained, False)):
         output = probe_fold(module, train_set, test_set, dm.num_classes, dm.class_names, probe_config, groups,
-                            cache_dir, tag=variant)
-        pretrained = variant == "pretrained"
+                            cache_dir, tag="pretrained" if pretrained else "random_init")
         output.description = dataclasses.replace(
             output.description,
             method=method if pretrained else RANDOM_METHOD,
@@ -217,16 +217,30 @@ def pretrain_probe(context: FoldContext) -> dict[str, FoldOutput]:
     return outputs
 
 
+@register_pipeline("pretrain_probe")
+def pretrain_probe(context: FoldContext) -> dict[str, FoldOutput]:
+    """Pretrain, then a linear probe on frozen embeddings of the pretrained and of the untrained encoder."""
+    config = context.config
+    check_pipeline_config(config, "pretrain_probe", context.source)
+    probe_config = load_probe_config(config.get("probe"), context.config_dir)
+    return probe_pretrained(context, pretrain_stage(context), probe_config)
+
+
 @register_pipeline("pretrain_finetune")
 def pretrain_finetune(context: FoldContext) -> dict[str, FoldOutput]:
-    """Pretrain, then fine-tune the ``finetune`` YAML from the pretrained encoder and from random init."""
+    """Pretrain, then fine-tune the ``finetune`` YAML from the pretrained encoder and from random init; with a
+    ``probe`` key also the linear probe of the same pretrained weights and of the untrained model (variants
+    ``probe_pretrained``, ``probe_random_init``, ``finetune_pretrained``, ``finetune_random_init``; without it
+    ``pretrained`` and ``random_init``)."""
     config = context.config
     check_pipeline_config(config, "pretrain_finetune", context.source)
     finetune = stage_configs(config, "finetune", context.config_path)
+    probe_config = load_probe_config(config["probe"], context.config_dir) if "probe" in config else None
     pre = pretrain_stage(context)
     finish_wandb()
     method = type(pre.cli.model).__name__
-    outputs = {}
+    outputs = probe_pretrained(context, pre, probe_config, ("probe_pretrained", "probe_random_init")) \
+        if probe_config is not None else {}
     for variant in ("pretrained", "random_init"):
         pretrained = variant == "pretrained"
         stage_dir = context.work_dir / f"finetune_{variant}"
@@ -246,7 +260,7 @@ def pretrain_finetune(context: FoldContext) -> dict[str, FoldOutput]:
             configs={**({"pretrain": pre.config_text} if pretrained else {}), **d.configs},
             wall_time_s=d.wall_time_s + (pre.wall_time_s if pretrained else 0.0),
         )
-        outputs[variant] = output
+        outputs[f"finetune_{variant}" if probe_config is not None else variant] = output
         finish_wandb()
     return outputs
 

@@ -27,6 +27,7 @@ groups and schedules, the online probe and kNN monitor (:mod:`audio_ssl.methods.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import ClassVar
 
@@ -43,11 +44,14 @@ from audio_ssl.utils.optim import build_optimizer, build_scheduler, split_decay
 from audio_ssl.utils.provenance import (
     CHECKPOINT_KEY,
     METADATA_FORMAT,
+    describe_architecture,
     describe_module,
     git_state,
     package_version,
     to_plain,
 )
+
+log = logging.getLogger(__name__)
 
 
 def load_prefixed_weights(module: nn.Module, state: dict, source: str, prefix: str = "encoder.") -> None:
@@ -59,6 +63,43 @@ def load_prefixed_weights(module: nn.Module, state: dict, source: str, prefix: s
     if missing or unexpected:
         raise ValueError(f"{source}: {prefix.rstrip('.')} weights do not match this encoder; "
                          f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+
+
+def check_encoder_matches(meta: dict, encoder: nn.Module, frontend: nn.Module | None, source: str) -> None:
+    """Refuse outside encoder weights computed by another network or on other features: the structure of the
+    encoder (``meta["encoder"]``, :func:`~audio_ssl.utils.provenance.describe_architecture`) and the front end's
+    settings (``meta["frontend"]``: class, sample_rate, n_fft, hop_length, n_mels, log, normalize, ...) recorded in
+    a checkpoint's self-description (``meta`` = ``checkpoint["audio_ssl"]``) are compared with ``encoder`` and
+    ``frontend`` (None: not compared). A max-pool has no weights and a hop length changes none, so such a mismatch
+    would otherwise load without a word.
+
+    Raises:
+        ValueError: naming ``source`` and each differing entry with the checkpoint's and this model's value.
+    Logs a warning naming what could not be checked (a checkpoint from before these records, an encoder that does
+    not state its ``architecture()``, an entry only one side records).
+    """
+    from audio_ssl.utils.checkpoints import description_differences
+
+    differences, unchecked = [], []
+    pairs = [("encoder", describe_architecture(encoder))]
+    if frontend is not None:
+        pairs.append(("frontend", describe_module(frontend)))
+    for name, current in pairs:
+        recorded = meta.get(name)
+        if not isinstance(recorded, dict):
+            unchecked.append(f"{name} (not recorded in the checkpoint)")
+            continue
+        found, skipped = description_differences(recorded, current, name)
+        differences += found
+        unchecked += skipped
+    if differences:
+        raise ValueError(f"{source}: its encoder was trained as another network or on other features than this "
+                         f"model's: {'; '.join(differences)}. Make the receiving config's encoder and front end "
+                         "match the pretraining config")
+    if unchecked:
+        log.warning("%s: could not check %s against this model (a checkpoint saved before audio-ssl recorded "
+                    "them, an encoder that does not state its architecture(), or a setting only one side has); "
+                    "loading the encoder weights unchecked there", source, ", ".join(unchecked))
 
 
 class BaseMethod(L.LightningModule):
@@ -152,10 +193,14 @@ class BaseMethod(L.LightningModule):
 
     def load_encoder_weights(self, checkpoint: str) -> None:
         """Copy ``encoder.*`` weights from a Lightning checkpoint of another method (e.g. a SimCLR run) into
-        ``self.encoder``; every encoder key must match. On resume, Lightning restores the checkpoint after this."""
+        ``self.encoder``; every encoder key must match, and the encoder structure and front-end settings the
+        checkpoint records must equal this model's (:func:`check_encoder_matches`: ValueError naming both values).
+        On resume, Lightning restores the checkpoint after this."""
+        from audio_ssl.utils.provenance import checkpoint_metadata
         from audio_ssl.utils.torch_files import load_weights_file
 
         state = load_weights_file(checkpoint, map_location="cpu")
+        check_encoder_matches(checkpoint_metadata(state), self.encoder, self.frontend, checkpoint)
         load_prefixed_weights(self.encoder, state.get("state_dict", state), checkpoint)
 
     # ------------------------------------------------------------------ self-describing checkpoints
@@ -182,6 +227,7 @@ class BaseMethod(L.LightningModule):
             "sample_rate": int(self.sample_rate),
             "model_config": to_plain(self.model_config),
             "frontend": describe_module(self.frontend),
+            "encoder": describe_architecture(self.encoder),
             "data": to_plain(describe()) if callable(describe) else None,
             "wandb_run_id": wandb_ids[0] if wandb_ids else None,
             "audio_ssl_version": package_version(),

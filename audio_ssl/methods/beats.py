@@ -196,7 +196,7 @@ class BEATsClassifier(FineTuneClassifier):
 
         ``padding_mask [B, frames]`` (True = padded frame) restricts the mean to the valid tokens.
         """
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
             out = self.encoder.extract_features(fbank, padding_mask, output_hidden_states=self.layers is not None)
             if self.layers is None:
                 return masked_mean(out.features, out.padding_mask)

@@ -1,18 +1,36 @@
 """BEATs-style masked token prediction on log-mel patches, with a CNN or a Transformer encoder.
 
-Recipe (one *iteration*):
+Recipe (one *iteration*), following BEATs (Chen et al., 2022, "BEATs: Audio Pre-Training with Acoustic
+Tokenizers", arXiv 2212.09058) where it is clear, with each deviation stated:
 
 1. **Tokenizer.** At the start of fitting (:meth:`MaskedTokenPrediction.on_fit_start`) a
    :class:`~audio_ssl.tokenizers.KMeansPatchTokenizer` with ``num_tokens`` clusters is fitted once, by
    k-means on the accelerator with a fixed seed, on ``tokenizer_batches`` batches of the training folds
-   (eval transform: the plain front end, no augmentation). Iteration 1 clusters the (per-patch
-   standardised) log-mel patches; iteration ``n >= 2`` clusters the per-patch features of the previous
-   iteration's encoder (``teacher_checkpoint``), as BEATs refines its tokenizer with the previous model.
+   (eval transform: the plain front end, no augmentation). Iteration 1 clusters the log-mel patches,
+   normalised with one global mean/std (``tokenizer_normalize: global``, as BEATs normalises its fbank
+   globally; no per-patch standardisation). *Deviation*: BEATs' iteration-1 tokenizer is a random
+   projection, ours is k-means. Iteration ``n >= 2`` clusters the per-patch features of the previous
+   iteration's encoder (``teacher_checkpoint``). *Deviation*: BEATs instead trains a new tokenizer by
+   self-distillation (a Transformer tokenizer and a quantiser whose tokens must reconstruct the teacher's
+   features); we keep k-means on the teacher's features (HuBERT's iterative recipe, Hsu et al., 2021)
+   because it needs no second training stage per iteration and no extra model, is deterministic for a
+   seed, and on the 1,600 training clips of an ESC-50 split a distilled tokenizer would be trained on the
+   same small data; we have not measured it against distillation.
    The codebook is a buffer (saved in every checkpoint, so resuming skips the fit) and is also written
    to ``tokenizer_iter{n}.pt`` next to the checkpoints. Under DDP every rank gets the same codebook.
-2. **Masking.** ``mask_ratio`` of the ``n_f x n_t`` patches (exactly ``round(ratio * N)`` per clip;
-   ``mask_type`` ``"random"`` or ``"block"``) are hidden from the encoder.
-3. **Prediction.** The encoder returns one feature vector per patch; a head (optionally a few
+2. **Silence.** BEATs does nothing special about silence: its global normalisation makes digital silence a
+   constant input, which lands on one token like any other patch. We do the same: silent patches stay
+   ordinary targets (in the loss and in ``masked_acc``). For that to hold, the recipes' front end has no
+   per-clip ``top_db`` floor and a fixed (global, training-set) normalisation, so digital silence is the
+   same value (-100 dB) in every clip; with a per-clip floor or instance normalisation its level varies
+   from clip to clip and it spreads over several tokens. Under the old per-patch standardisation every
+   flat patch became the zero vector (one free token) while quiet, non-flat patches had their noise blown
+   up to unit variance and scattered over many ids. Silent targets are easy: on 160 ESC-50 clips (fold 4,
+   CPU size, 200 steps) 8.0% of the targets were digital silence, all one token, predicted at 99%, against
+   17% for the others, so ``masked_acc`` carries about 8 points of silence.
+3. **Masking.** ``mask_ratio`` (BEATs' 0.75) of the ``n_f x n_t`` patches (exactly ``round(ratio * N)``
+   per clip; ``mask_type`` ``"random"`` or ``"block"``) are hidden from the encoder.
+4. **Prediction.** The encoder returns one feature vector per patch; a head (optionally a few
    Transformer blocks, then a linear layer) predicts ``K`` logits per patch; cross-entropy on the masked
    patches only.
 
@@ -21,12 +39,18 @@ Encoders (chosen by the ``encoder`` class_path):
 * :class:`~audio_ssl.models.SpectrogramTransformer`: masked patch embeddings are replaced by its learned
   mask token; its output tokens are the per-patch features.
 * A CNN with ``forward_features`` (e.g. :class:`~audio_ssl.models.AudioResNet`): the masked patches of
-  the spectrogram are filled (``mask_fill``: ``"zero"`` - the clip mean of an instance-normalised
-  log-mel -, ``"mean"`` - each clip's own mean -, or ``"learned"`` - a learned ``p_f x p_t`` patch), the
-  spectrogram is cropped to the patch grid and the feature map is mapped to the grid. Give the CNN a
-  ``downsample_factor`` equal to the patch size (AudioResNet with ``stem_pool: false`` and 4 stages:
-  ``2 * 8 = 16``) and the map *is* the grid, cell for cell; otherwise it is adaptive-average-pooled to the
-  grid (coarser maps then repeat values, which weakens the task).
+  the spectrogram are filled (``mask_fill``: ``"zero"`` - the training-set mean under the recipes' fixed
+  normalisation, the clip mean under instance normalisation -, ``"mean"`` - each clip's own mean -, or
+  ``"learned"`` - a learned ``p_f x p_t`` patch), the spectrogram is cropped to the patch grid and the
+  feature map is mapped to the grid. Give the CNN a ``downsample_factor`` equal to the patch size
+  (AudioResNet with ``stem_pool: false`` and 4 stages: ``2 * 8 = 16``) and the map has one cell per patch.
+  An AudioResNet cell ``j`` is centred on input bin/frame ``16 j``, the first of patch ``j``, half a patch
+  before the patch centre ``16 j + 7.5``; :meth:`MaskedTokenPrediction.feature_map` therefore shifts the
+  spectrogram by 8 bins and 8 frames (:meth:`~MaskedTokenPrediction.cell_shift`), which centres cell ``j``
+  half a bin/frame after the centre of patch ``j`` (``16 j + 8``). Other maps are adaptive-average-pooled
+  to the grid (coarser maps then repeat values, which weakens the task). At ``mask_ratio`` 0.75 a CNN sees
+  a quarter of its input (e.g. 19 of the 76 patches of a CPU-size 5 s clip); the receptive field of a cell
+  (99 bins/frames for the ResNet-10 layout) still reaches visible patches around a masked one.
 
 Clip embeddings for probes and kNN (:meth:`embed`): the encoder's pooled output on the unmasked
 spectrogram (mean over the feature map / tokens).
@@ -54,10 +78,10 @@ from torch import Tensor, nn
 from audio_ssl.features.augment import RandomGain, RandomTimeShift
 from audio_ssl.features.masking import apply_patch_mask, block_patch_mask, random_patch_mask
 from audio_ssl.losses.masked_prediction import masked_accuracy, masked_prediction_loss
-from audio_ssl.methods.base import BaseMethod, load_prefixed_weights
+from audio_ssl.methods.base import BaseMethod, check_encoder_matches, load_prefixed_weights
 from audio_ssl.models.resnet import AudioResNet
 from audio_ssl.models.vit import SpectrogramTransformer, TransformerBlock
-from audio_ssl.tokenizers.kmeans import KMeansPatchTokenizer
+from audio_ssl.tokenizers.kmeans import KMeansPatchTokenizer, TokenizerNorm
 from audio_ssl.tokenizers.patches import as_patch_size, crop_to_patch_grid, grid_shape
 
 log = logging.getLogger(__name__)
@@ -93,13 +117,15 @@ class MaskedTokenPrediction(BaseMethod):
             ``out_dim`` (default: AudioResNet-18 without stem max-pool, downsample factor 16).
         patch_size: patch size (frequency bins, frames) of tokens and masks.
         num_tokens: codebook size ``K``.
-        mask_ratio: fraction of patches masked per clip, in (0, 1).
+        mask_ratio: fraction of patches masked per clip, in (0, 1); BEATs' 0.75 by default (exactly
+            ``round(mask_ratio * N)`` per clip).
         mask_type: ``"random"`` patches or ``"block"`` (rectangles of ``min_block..max_block`` patches a side).
         mask_fill: CNN only: how masked spectrogram patches are filled (``"zero"``, ``"mean"``, ``"learned"``).
         predictor_depth: Transformer blocks between the encoder features and the linear head (0: linear
             head only, i.e. a 1x1 convolution on a CNN feature map). ``predictor_heads``: their heads.
         tokenizer_batches: training batches used to fit the tokenizer; ``max_fit_patches``, ``kmeans_iters``,
-            ``tokenizer_seed``, ``normalize_patches``: see :class:`KMeansPatchTokenizer`.
+            ``tokenizer_seed``: see :class:`KMeansPatchTokenizer`; ``tokenizer_normalize``: its ``normalize``
+            (``"global"``, as BEATs; ``"patch"`` only to reuse codebooks fitted per-patch standardised).
         iteration: 1 = tokens of log-mel patches; ``n >= 2`` = tokens of the features of
             ``teacher_checkpoint`` (a checkpoint of this method at iteration ``n - 1``, same encoder).
         gain_db, time_shift: waveform augmentations in training (random gain in +-``gain_db``, circular time
@@ -113,7 +139,7 @@ class MaskedTokenPrediction(BaseMethod):
         num_classes: int = 50,
         patch_size: int | tuple[int, int] = 16,
         num_tokens: int = 1024,
-        mask_ratio: float = 0.4,
+        mask_ratio: float = 0.75,
         mask_type: Literal["random", "block"] = "random",
         min_block: int = 2,
         max_block: int = 4,
@@ -124,7 +150,7 @@ class MaskedTokenPrediction(BaseMethod):
         max_fit_patches: int = 100_000,
         kmeans_iters: int = 50,
         tokenizer_seed: int = 0,
-        normalize_patches: bool = True,
+        tokenizer_normalize: TokenizerNorm = "global",
         iteration: int = 1,
         teacher_checkpoint: str | None = None,
         gain_db: float = 0.0,
@@ -164,7 +190,7 @@ class MaskedTokenPrediction(BaseMethod):
         self.mask_patch = (nn.Parameter(torch.zeros(*self.patch_size))
                            if mask_fill == "learned" and not self.is_transformer else None)
         self.tokenizer = KMeansPatchTokenizer(
-            num_tokens, self.patch_size, normalize_patches=normalize_patches, max_fit_patches=max_fit_patches,
+            num_tokens, self.patch_size, normalize=tokenizer_normalize, max_fit_patches=max_fit_patches,
             iters=kmeans_iters, seed=tokenizer_seed, feature_dim=dim if iteration >= 2 else None,
         )
         # The teacher is a frozen copy of the architecture; its weights are loaded from teacher_checkpoint when
@@ -207,14 +233,35 @@ class MaskedTokenPrediction(BaseMethod):
             return self.mask_patch.repeat(n_f, n_t).to(spec.dtype)
         return 0.0
 
+    def cell_shift(self, encoder: nn.Module | None = None) -> tuple[int, int]:
+        """Bins and frames ``(s_f, s_t)`` by which :meth:`feature_map` moves the spectrogram towards its start so
+        that feature cell ``i`` is centred on patch ``i``.
+
+        A cell ``j`` of an :class:`AudioResNet` is centred on input index ``d * j`` (every layer has an odd kernel
+        ``k`` with padding ``k // 2``, so a stride-``s`` layer centres output ``j`` on input ``s * j``), i.e. on
+        the *first* bin/frame of patch ``j`` when ``d`` equals the patch size ``p``, half a patch before the
+        patch centre ``p * j + (p - 1) / 2``. Dropping the first ``p // 2`` bins/frames (and zero-padding as
+        many at the end) centres the cell on ``p * j + p // 2``: exactly half a bin/frame after the patch centre
+        for even ``p`` (the closest an integer shift gets), exactly on it for odd ``p``. ``0`` on an axis where
+        ``d != p`` (the map is pooled to the grid) and for other CNNs, whose geometry is not known here."""
+        encoder = self.encoder if encoder is None else encoder
+        if not isinstance(encoder, AudioResNet):
+            return 0, 0
+        d = encoder.downsample_factor
+        return tuple(p // 2 if d == p else 0 for p in self.patch_size)  # type: ignore[return-value]
+
     def feature_map(self, spec: Tensor, encoder: nn.Module | None = None) -> Tensor:
         """CNN feature map of a spectrogram, aligned to its patch grid: ``[B, C, n_f, n_t]``.
 
-        ``spec`` is cropped to the grid first, so an encoder whose downsample factor equals the patch
-        size yields the grid exactly; any other map is adaptive-average-pooled to it.
+        ``spec`` is cropped to the grid and shifted by :meth:`cell_shift` first, so an AudioResNet whose
+        downsample factor equals the patch size yields the grid exactly, cell ``i`` centred on patch ``i``
+        (to half a bin/frame, see :meth:`cell_shift`); any other map is adaptive-average-pooled to the grid.
         """
         encoder = self.encoder if encoder is None else encoder
         spec = crop_to_patch_grid(spec, self.patch_size)
+        s_f, s_t = self.cell_shift(encoder)
+        if s_f or s_t:
+            spec = F.pad(spec, (-s_t, s_t, -s_f, s_f))  # negative padding crops the start
         fmap = encoder.forward_features(spec)
         if fmap.dim() != 4:
             raise ValueError(f"{type(encoder).__name__}.forward_features must return [B, C, F', T'], "
@@ -368,9 +415,11 @@ class MaskedTokenPrediction(BaseMethod):
         return self.tokenizer
 
     def load_teacher(self, checkpoint: str | Path) -> None:
-        """Load the previous iteration's encoder weights (``encoder.*`` of a checkpoint of this method)."""
+        """Load the previous iteration's encoder weights (``encoder.*`` of a checkpoint of this method); its
+        recorded encoder structure and front end must be this model's (ValueError naming both values)."""
         if self.teacher_encoder is None:
             raise RuntimeError("load_teacher() needs iteration >= 2")
+        from audio_ssl.utils.provenance import checkpoint_metadata
         from audio_ssl.utils.torch_files import load_weights_file
 
         blob = load_weights_file(checkpoint, map_location="cpu")
@@ -382,5 +431,6 @@ class MaskedTokenPrediction(BaseMethod):
         teacher_patch = hparams.get("patch_size")
         if teacher_patch is not None and as_patch_size(teacher_patch) != self.patch_size:
             raise ValueError(f"{checkpoint}: teacher patch_size {teacher_patch} differs from {self.patch_size}")
+        check_encoder_matches(checkpoint_metadata(blob), self.teacher_encoder, self.frontend, str(checkpoint))
         load_prefixed_weights(self.teacher_encoder, blob.get("state_dict", blob), checkpoint)
         self.teacher_encoder.eval()

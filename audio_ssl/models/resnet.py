@@ -49,8 +49,10 @@ class AudioResNet(nn.Module):
     stride 2), then global average pooling.
 
     A ``[B, in_channels, F, T]`` input gives a ``[B, C, ceil(F / d), ceil(T / d)]`` feature map with
-    ``d = downsample_factor`` (every strided layer maps a size ``n`` to ``ceil(n / 2)``), so feature
-    cells align with a patch grid of size ``d``.
+    ``d = downsample_factor`` (every strided layer maps a size ``n`` to ``ceil(n / 2)``): one cell per
+    patch of a size-``d`` patch grid. Every layer has an odd kernel ``k`` with padding ``k // 2``, so cell
+    ``j`` is centred on input index ``d * j``: the first bin/frame of patch ``j``, half a patch before its
+    centre ``d * j + (d - 1) / 2`` (``MaskedTokenPrediction.cell_shift`` moves the input to centre it).
 
     Args:
         layers: Number of blocks per stage. ``None``: taken from ``arch``. Given explicitly, it
@@ -63,6 +65,10 @@ class AudioResNet(nn.Module):
         stem_stride: Stride of the stem convolution.
         stem_pool: Whether to apply the 3x3 stride-2 max-pool after the stem.
         zero_init_residual: Zero-init the last BN gamma of each block so every block starts as identity.
+
+    Attributes: ``out_dim``, ``downsample_factor``; ``num_layers`` (the number of stages) and
+    :meth:`layer_id` for layer-wise lr decay (:func:`audio_ssl.utils.optim.layer_decay_groups`);
+    :meth:`architecture` (what a checkpoint records to refuse a different network on load).
     """
 
     def __init__(
@@ -99,6 +105,8 @@ class AudioResNet(nn.Module):
         self.layers = layers
         self.widths = widths
         self.in_channels = in_channels
+        self.stem_kernel, self.stem_stride, self.stem_pool = int(stem_kernel), int(stem_stride), bool(stem_pool)
+        self.num_layers = len(layers)
         self.out_dim = widths[-1]
         self.downsample_factor = stem_stride * (2 if stem_pool else 1) * 2 ** (len(layers) - 1)
 
@@ -136,6 +144,22 @@ class AudioResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
+
+    def architecture(self) -> dict:
+        """The structural hyper-parameters: two encoders with equal values compute the same function of the same
+        weights (``zero_init_residual`` only initialises, so it is not one of them)."""
+        return {"layers": list(self.layers), "widths": list(self.widths), "in_channels": self.in_channels,
+                "stem_kernel": self.stem_kernel, "stem_stride": self.stem_stride, "stem_pool": self.stem_pool}
+
+    def layer_id(self, name: str) -> int:
+        """Depth of parameter ``name`` for layer-wise lr decay: 0 for the stem, ``i + 1`` for stage ``i``
+        (``num_layers`` = the number of stages). ValueError for a name outside the stem and the stages."""
+        head, _, rest = name.partition(".")
+        if head == "stem":
+            return 0
+        if head == "stages" and rest.split(".", 1)[0].isdigit():
+            return int(rest.split(".", 1)[0]) + 1
+        raise ValueError(f"AudioResNet.layer_id: {name!r} is not a parameter of the stem or of a stage")
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_channels, F, T]`` -> feature map ``[B, out_dim, ceil(F/d), ceil(T/d)]``."""

@@ -115,8 +115,12 @@ class SpectrogramTransformer(nn.Module):
         in_channels: input channels (1 for a log-mel spectrogram).
 
     Attributes: ``out_dim`` (= ``embed_dim``; both the clip embedding size and the per-patch feature size),
-    ``patch_size``.
+    ``patch_size``; ``num_layers`` (= ``depth``), :meth:`layer_id` and ``no_weight_decay_keys`` (the position
+    tables and the mask token) for layer-wise lr decay (:func:`audio_ssl.utils.optim.layer_decay_groups`, BEiT's
+    rule); :meth:`architecture` (what a checkpoint records to refuse a different network on load).
     """
+
+    no_weight_decay_keys = ("freq_embed", "time_embed", "mask_token")
 
     def __init__(
         self,
@@ -150,6 +154,8 @@ class SpectrogramTransformer(nn.Module):
         self.num_freq_patches, self.max_time_patches = grid_shape(self.n_mels, self.max_frames, self.patch_size)
         self.embed_dim = self.out_dim = int(embed_dim)
         self.in_channels = in_channels
+        self.depth = self.num_layers = int(depth)
+        self.num_heads, self.mlp_ratio, self.qkv_bias = int(num_heads), float(mlp_ratio), bool(qkv_bias)
         self.pos_embed_type = pos_embed
         self.patchout = float(patchout)
 
@@ -183,6 +189,26 @@ class SpectrogramTransformer(nn.Module):
         if self.pos_embed_type == "learned":
             nn.init.trunc_normal_(self.freq_embed, std=0.02)
             nn.init.trunc_normal_(self.time_embed, std=0.02)
+
+    def architecture(self) -> dict:
+        """The structural hyper-parameters (regularisers such as dropout, drop_path and patchout excluded): two
+        encoders with equal values compute the same function of the same weights."""
+        return {"n_mels": self.n_mels, "max_frames": self.max_frames, "patch_size": list(self.patch_size),
+                "embed_dim": self.embed_dim, "depth": self.depth, "num_heads": self.num_heads,
+                "mlp_ratio": self.mlp_ratio, "qkv_bias": self.qkv_bias, "pos_embed": self.pos_embed_type,
+                "in_channels": self.in_channels}
+
+    def layer_id(self, name: str) -> int:
+        """Depth of parameter ``name`` for layer-wise lr decay: 0 for the patch embedding, positions and mask
+        token, ``i + 1`` for block ``i``, ``depth`` for the final norm. ValueError for any other name."""
+        head, _, rest = name.partition(".")
+        if head in ("patch_embed", "freq_embed", "time_embed", "mask_token"):
+            return 0
+        if head == "blocks" and rest.split(".", 1)[0].isdigit():
+            return int(rest.split(".", 1)[0]) + 1
+        if head == "norm":
+            return self.depth
+        raise ValueError(f"SpectrogramTransformer.layer_id: {name!r} is not a parameter of this encoder")
 
     # ------------------------------------------------------------------ embeddings
     def grid(self, spec: Tensor) -> tuple[int, int]:

@@ -8,15 +8,27 @@ one-hot matmuls on CUDA (``index_add_`` uses non-deterministic atomics there) an
 ``index_add_`` on CPU, so results are reproducible on both.
 
 :class:`KMeansPatchTokenizer` turns spectrogram patches (or encoder features, for iterative
-refinement as in BEATs) into discrete ids: the id of a patch is its nearest centroid.
+refinement; BEATs distils a tokenizer from the teacher instead) into discrete ids: the id of a patch
+is its nearest centroid.
+
+Normalisation (``normalize``). BEATs (Chen et al., 2022, arXiv 2212.09058) normalises its fbank with one
+global mean and standard deviation and treats every patch alike: silence is not special-cased, it is simply a
+constant input and so lands on one region of the codebook. ``"global"`` (the default) follows that: one
+scalar mean and standard deviation over all fitted values (stored with the codebook), no per-patch
+standardisation, so a patch keeps its level, and digital silence (a constant patch, at one level in every
+clip when the front end has no per-clip floor or normalisation) maps to one token.
+``"patch"`` is the earlier per-patch standardisation (``(v - mean(v)) / sqrt(var(v) + eps)``, invariant to
+gain and offset), which scatters quiet patches over many ids (their noise is blown up to unit variance) and
+sends every flat patch to the zero vector; it is kept only to read tokenizers fitted with it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -24,7 +36,12 @@ from torch import nn
 
 from audio_ssl.tokenizers.patches import as_patch_size, patchify
 
-__all__ = ["kmeans", "nearest_centroid", "KMeansPatchTokenizer"]
+__all__ = ["kmeans", "nearest_centroid", "KMeansPatchTokenizer", "TokenizerNorm"]
+
+log = logging.getLogger(__name__)
+
+TokenizerNorm = Literal["global", "patch", "none"]
+_NORMS = ("global", "patch", "none")
 
 _DEFAULT_CHUNK = 8192
 
@@ -192,20 +209,30 @@ class KMeansPatchTokenizer(nn.Module):
     Args:
         num_clusters: codebook size ``K``.
         patch_size: patch size in (frequency bins, frames); int for square patches.
-        normalize_patches: standardise every vector to zero mean / unit variance over its ``D``
-            values before fitting and before encoding (``(v - mean(v)) / sqrt(var(v) + eps)``).
-            This makes ids invariant to per-patch gain and offset (loudness), so clusters capture
-            spectro-temporal shape; nearest centroid then equals max cosine similarity.
+        normalize: ``"global"``: ``(v - mean) / std`` with one scalar ``mean`` and ``std = sqrt(var + eps)``
+            over every value of the vectors k-means is fitted on (after sub-sampling, over all ranks),
+            computed by :meth:`fit` and stored in the ``mean``/``std`` buffers, as BEATs normalises its
+            fbank with global statistics. k-means itself is unchanged by a scalar affine map; the
+            statistics keep the chunked distances ``||x||^2 - 2 x.c + ||c||^2`` well conditioned in
+            float32 (raw dB values near -100 would cancel) and record the units of the codebook.
+            ``"patch"``: standardise each vector over its own ``D`` values (``(v - mean(v)) /
+            sqrt(var(v) + eps)``; the behaviour of tokenizers fitted before ``normalize`` existed).
+            ``"none"``: the values as given. See the module docstring for why ``"global"`` is the default.
         max_fit_patches: at most this many vectors are sampled (without replacement) for k-means,
             in total over all ranks.
         iters: maximum Lloyd iterations; ``seed``: k-means++ and sub-sampling seed; ``tol``: see :func:`kmeans`.
         feature_dim: codebook vector size ``D``; defaults to ``p_f * p_t`` (1-channel spectrogram patches).
             Set it to the encoder width to tokenise encoder features (iterative refinement).
-        eps: variance floor of the standardisation.
+        eps: variance floor of the standardisation (both modes).
 
-    The codebook lives in the ``centroids`` buffer ``[K, D]`` and the ``fitted`` buffer (bool), so
-    both are saved in a Lightning checkpoint's ``state_dict``. :meth:`save`/:meth:`load` write a
-    standalone file.
+    The codebook lives in the ``centroids`` buffer ``[K, D]``, the ``fitted`` buffer (bool) and the
+    ``mean``/``std`` buffers (scalars; 0 and 1 unless ``normalize="global"``), so all are saved in a
+    Lightning checkpoint's ``state_dict``. :meth:`save`/:meth:`load` write a standalone file.
+
+    Older codebooks (no ``mean``/``std``, per-patch standardised): :meth:`load` reads a version-1 file
+    with ``normalize="patch"`` (its ``normalize_patches: true``) and logs that mode; loading such a
+    ``state_dict`` into a ``"global"`` tokenizer fails with a message saying so (build it with
+    ``normalize="patch"`` to use it as it was fitted).
 
     Distributed: :meth:`fit` is collective when ``torch.distributed`` is initialised. Every rank
     sub-samples ``ceil(max_fit_patches / world_size)`` of its own vectors, the samples are
@@ -220,7 +247,7 @@ class KMeansPatchTokenizer(nn.Module):
         self,
         num_clusters: int = 1024,
         patch_size: int | tuple[int, int] = 16,
-        normalize_patches: bool = True,
+        normalize: TokenizerNorm = "global",
         max_fit_patches: int = 100_000,
         iters: int = 50,
         seed: int = 0,
@@ -235,7 +262,9 @@ class KMeansPatchTokenizer(nn.Module):
             raise ValueError(f"max_fit_patches={max_fit_patches} must be >= num_clusters={num_clusters}")
         self.num_clusters = int(num_clusters)
         self.patch_size = as_patch_size(patch_size)
-        self.normalize_patches = bool(normalize_patches)
+        if normalize not in _NORMS:
+            raise ValueError(f"normalize must be one of {_NORMS}, got {normalize!r}")
+        self.normalize = normalize
         self.max_fit_patches = int(max_fit_patches)
         self.iters = int(iters)
         self.seed = int(seed)
@@ -246,13 +275,32 @@ class KMeansPatchTokenizer(nn.Module):
         self.eps = float(eps)
         self.register_buffer("centroids", torch.zeros(self.num_clusters, self.feature_dim))
         self.register_buffer("fitted", torch.tensor(False))
+        self.register_buffer("mean", torch.tensor(0.0))
+        self.register_buffer("std", torch.tensor(1.0))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Codebooks saved before ``mean``/``std`` existed were per-patch standardised: they load into a
+        ``"patch"`` (or ``"none"``) tokenizer with identity statistics and are refused by a ``"global"`` one."""
+        if f"{prefix}centroids" in state_dict and f"{prefix}mean" not in state_dict:
+            if self.normalize == "global":
+                error_msgs.append(
+                    f"{prefix}centroids: this codebook has no global statistics ({prefix}mean, {prefix}std): it was "
+                    "fitted by an older audio_ssl on per-patch standardised patches (normalize_patches); build the "
+                    "tokenizer with normalize='patch' to use it as it was fitted, or fit a new one"
+                )
+            else:
+                state_dict[f"{prefix}mean"] = torch.tensor(0.0)
+                state_dict[f"{prefix}std"] = torch.tensor(1.0)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (plain python values) that rebuild this tokenizer."""
         return {
             "num_clusters": self.num_clusters,
             "patch_size": list(self.patch_size),
-            "normalize_patches": self.normalize_patches,
+            "normalize": self.normalize,
             "max_fit_patches": self.max_fit_patches,
             "iters": self.iters,
             "seed": self.seed,
@@ -266,18 +314,25 @@ class KMeansPatchTokenizer(nn.Module):
 
     # ------------------------------------------------------------------ preprocessing
     def _prepare(self, rows: torch.Tensor) -> torch.Tensor:
-        """Cast to float32 and (optionally) standardise each row; checks the feature dimension."""
+        """Cast to float32 and, for ``normalize="patch"``, standardise each row; checks the feature dimension.
+        (The global statistics are applied by :meth:`_normalise`: at fit time they are not known yet.)"""
         if rows.shape[-1] != self.feature_dim:
             raise ValueError(
                 f"vectors have D={rows.shape[-1]} but the tokenizer has feature_dim={self.feature_dim} "
                 f"(patch_size={self.patch_size}); build it with feature_dim={rows.shape[-1]} to use these inputs"
             )
         rows = rows.detach().float()
-        if self.normalize_patches:
+        if self.normalize == "patch":
             mean = rows.mean(-1, keepdim=True)
             var = rows.var(-1, keepdim=True, unbiased=False)
             rows = (rows - mean) / torch.sqrt(var + self.eps)
         return rows
+
+    def _normalise(self, rows: torch.Tensor) -> torch.Tensor:
+        """Apply the stored global statistics (identity unless ``normalize="global"``)."""
+        if self.normalize != "global":
+            return rows
+        return (rows - self.mean.to(rows.device).float()) / self.std.to(rows.device).float()
 
     def _subsample(self, rows: torch.Tensor, budget: int, seed: int) -> torch.Tensor:
         """Keep all rows if ``M <= budget``, else ``budget`` random rows in their original order."""
@@ -321,6 +376,11 @@ class KMeansPatchTokenizer(nn.Module):
                 f"fit() got {rows.shape[0]} vectors but num_clusters={self.num_clusters}; "
                 "give it more spectrograms or lower num_clusters"
             )
+        if self.normalize == "global":  # every rank holds the same gathered rows, so the same statistics
+            mean, var = rows.double().mean(), rows.double().var(unbiased=False)
+            self.mean.fill_(float(mean))
+            self.std.fill_(math.sqrt(float(var) + self.eps))
+            rows = self._normalise(rows)
         centroids = self.centroids
         if rank == 0:
             with torch.autocast(device_type=rows.device.type, enabled=False):
@@ -341,9 +401,9 @@ class KMeansPatchTokenizer(nn.Module):
 
     @torch.no_grad()
     def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
-        """Nearest-centroid ids ``[...]`` of vectors ``[..., D]`` (standardised first if configured)."""
+        """Nearest-centroid ids ``[...]`` of vectors ``[..., D]`` (normalised first as configured)."""
         self._check_fitted()
-        rows = self._prepare(patches.reshape(-1, patches.shape[-1]).to(self.centroids.device))
+        rows = self._normalise(self._prepare(patches.reshape(-1, patches.shape[-1]).to(self.centroids.device)))
         with torch.autocast(device_type=rows.device.type, enabled=False):  # distances in float32
             ids = nearest_centroid(rows, self.centroids.float())[0]
         return ids.view(patches.shape[:-1])
@@ -397,29 +457,46 @@ class KMeansPatchTokenizer(nn.Module):
 
         blob = {
             "format": "audio_ssl.KMeansPatchTokenizer",
-            "version": 1,
+            "version": 2,
             "config": self.config(),
             "centroids": self.centroids.detach().cpu().clone(),
             "fitted": self.fitted.detach().cpu().clone(),
+            "mean": self.mean.detach().cpu().clone(),
+            "std": self.std.detach().cpu().clone(),
         }
         with atomic_write(os.fspath(path)) as fh:
             torch.save(blob, fh)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> KMeansPatchTokenizer:
-        """Rebuild a tokenizer written by :meth:`save` (loaded with ``torch.load(weights_only=True)``)."""
+        """Rebuild a tokenizer written by :meth:`save` (loaded with ``torch.load(weights_only=True)``).
+
+        A version-1 file (written before ``normalize``; its config has ``normalize_patches``) is read in the
+        mode it was fitted in, ``normalize="patch"`` (``"none"`` for ``normalize_patches: false``), and the
+        mode is logged; its ids are the ones it always gave. Raises ValueError naming the file and field
+        for anything else that does not fit."""
         path = os.fspath(path)
         blob = torch.load(path, map_location=map_location, weights_only=True)
         if not isinstance(blob, dict) or blob.get("format") != "audio_ssl.KMeansPatchTokenizer":
             raise ValueError(f"{path} is not a KMeansPatchTokenizer file (missing or wrong 'format' field)")
-        for key in ("config", "centroids", "fitted"):
+        version = blob.get("version", 1)
+        required = ("config", "centroids", "fitted") + (("mean", "std") if version >= 2 else ())
+        for key in required:
             if key not in blob:
                 raise ValueError(f"{path}: missing field {key!r}")
-        tokenizer = cls(**blob["config"])
+        config = dict(blob["config"])
+        if version < 2:
+            if "normalize_patches" not in config:
+                raise ValueError(f"{path}: version-1 tokenizer file without field 'config.normalize_patches'")
+            config["normalize"] = "patch" if config.pop("normalize_patches") else "none"
+            log.warning("%s: version-1 tokenizer file (before global normalisation): loaded with normalize=%r, "
+                        "the mode it was fitted in", path, config["normalize"])
+        tokenizer = cls(**config)
         if blob["centroids"].shape != tokenizer.centroids.shape:
             raise ValueError(
                 f"{path}: field 'centroids' has shape {tuple(blob['centroids'].shape)}, expected "
                 f"{tuple(tokenizer.centroids.shape)} from its config"
             )
-        tokenizer.load_state_dict({"centroids": blob["centroids"], "fitted": blob["fitted"]})
+        state = {key: blob[key] for key in ("centroids", "fitted", "mean", "std") if key in blob}
+        tokenizer.load_state_dict(state)
         return tokenizer.to(map_location)

@@ -111,8 +111,9 @@ def run_probe_command(args: argparse.Namespace, extra: list[str]) -> dict:
     untrained = {k: v.clone() for k, v in model.state_dict().items()} if args.random_init else None
     state = loaded.get("state_dict", loaded)
     if args.encoder_only:
-        from audio_ssl.methods.base import load_prefixed_weights
+        from audio_ssl.methods.base import check_encoder_matches, load_prefixed_weights
 
+        check_encoder_matches(meta, model.encoder, model.frontend, str(checkpoint))
         load_prefixed_weights(model.encoder, state, str(checkpoint))
     else:
         try:

@@ -124,6 +124,28 @@ def identity_differences(recorded: dict, current: dict, limit: int = 8) -> list[
     return lines
 
 
+def description_differences(recorded: dict, current: dict, name: str) -> tuple[list[str], list[str]]:
+    """Compare two ``{"class_path", "init_args"}`` descriptions (:func:`audio_ssl.utils.provenance.describe_module`,
+    ``describe_architecture``) of the module ``name``: ``(differences, unchecked)``, where each difference reads
+    ``name.key: checkpoint <recorded>, this model <current>`` (a class, or an ``init_args`` entry both record) and
+    ``unchecked`` names what only one side records (``name.key``, or ``name`` when either side records no
+    ``init_args``)."""
+    differences, unchecked = [], []
+    if recorded.get("class_path") != current.get("class_path"):
+        differences.append(f"{name}.class_path: checkpoint {recorded.get('class_path')!r}, "
+                           f"this model {current.get('class_path')!r}")
+        return differences, unchecked
+    old, new = recorded.get("init_args"), current.get("init_args")
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return differences, [name]
+    for key in sorted(old.keys() | new.keys()):
+        if key not in old or key not in new:
+            unchecked.append(f"{name}.{key}")
+        elif _plain(old[key]) != _plain(new[key]):
+            differences.append(f"{name}.{key}: checkpoint {old[key]!r}, this model {new[key]!r}")
+    return differences, unchecked
+
+
 def read_run_file(folder: str | os.PathLike) -> dict | None:
     """The ``run.json`` of a checkpoint folder, or None when there is none. Raises :class:`RunFolderError` for a
     file that is not a JSON object with an ``identity``."""

@@ -82,14 +82,19 @@ def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: floa
     raise ValueError(f"optimizer={name!r} is not one of adamw, adam, sgd, lars")
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, final_fraction: float = 0.0):
-    """LambdaLR factor: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to ``final_fraction``."""
+def warmup_cosine(total_steps: int, warmup_steps: int, final_fraction: float = 0.0, start_step: int = 0):
+    """LambdaLR factor: 0 before ``start_step`` (a group that starts later, e.g. an encoder frozen for the first
+    epochs of a fine-tune), then linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to
+    ``final_fraction`` at ``total_steps``."""
     total_steps = max(1, total_steps)
 
     def factor(step: int) -> float:
+        if step < start_step:
+            return 0.0
+        step -= start_step
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - start_step - warmup_steps))
         return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
@@ -139,12 +144,24 @@ class OneCycleSchedule(ResizableSchedule, torch.optim.lr_scheduler.OneCycleLR):
 class WarmupCosineSchedule(ResizableSchedule, torch.optim.lr_scheduler.LambdaLR):
     """Linear warm-up over ``warmup_steps`` then cosine to ``final_fraction`` of each group's lr, stepped once
     per optimizer step for ``total_steps`` steps; continues at a new length on resume (see
-    :class:`ResizableSchedule`)."""
+    :class:`ResizableSchedule`). A parameter group with ``start_step: N`` (N > 0) is held at lr 0 for its first
+    N steps and then has its own warm-up (``warmup_steps`` long) and cosine over the remaining steps."""
 
     def __init__(self, optimizer, total_steps: int, warmup_steps: int, final_fraction: float = 0.0):
         self.total_steps = max(1, int(total_steps))
         self.warmup_steps = int(warmup_steps)
-        super().__init__(optimizer, warmup_cosine(self.total_steps, self.warmup_steps, final_fraction))
+        factors = [warmup_cosine(self.total_steps, self.warmup_steps, final_fraction, group_start(g, self.total_steps))
+                   for g in optimizer.param_groups]
+        super().__init__(optimizer, factors)
+
+
+def group_start(group: dict, total_steps: int) -> int:
+    """A parameter group's ``start_step`` (0 when absent); ValueError unless ``0 <= start_step < total_steps``."""
+    start = int(group.get("start_step", 0))
+    if not 0 <= start < max(1, total_steps):
+        raise ValueError(f"parameter group {group.get('name', '?')!r} starts at step {start}, outside the "
+                         f"schedule's 0..{total_steps - 1}: train for more steps than the group waits")
+    return start
 
 
 def build_scheduler(name: str, optimizer, total_steps: int, warmup_fraction: float = 0.1,
@@ -152,9 +169,14 @@ def build_scheduler(name: str, optimizer, total_steps: int, warmup_fraction: flo
     """A per-step schedule over ``total_steps`` optimizer steps: ``onecycle`` (peaks at ``max_lr``, default 4x
     each group's lr), ``cosine`` (linear warm-up over ``warmup_fraction`` of the steps, then cosine to zero),
     ``constant`` or ``none`` (returns None). Both schedules continue at a new length when a run is resumed with
-    a different total (:class:`ResizableSchedule`). Raises ValueError for an unknown name or, for onecycle,
-    groups whose ``max_lr``/``lr`` ratios differ."""
+    a different total (:class:`ResizableSchedule`). A group may set ``start_step`` (lr 0 until then, then its
+    own warm-up and cosine; ``cosine`` only). Raises ValueError for an unknown name, a ``start_step`` with another
+    schedule or, for onecycle, groups whose ``max_lr``/``lr`` ratios differ."""
     name = name.lower()
+    late = [g.get("name", "?") for g in optimizer.param_groups if g.get("start_step", 0)]
+    if late and name != "cosine":
+        raise ValueError(f"parameter groups {late} start later (start_step: the fine-tune's freeze_encoder_epochs), "
+                         f"which only scheduler=cosine implements, got scheduler={name!r}")
     if name in ("none", "constant"):
         return None
     if name == "onecycle":

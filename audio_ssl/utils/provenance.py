@@ -81,6 +81,16 @@ def describe_module(module) -> dict:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
 
 
+def describe_architecture(encoder) -> dict:
+    """``{"class_path", "init_args"}`` of an encoder's structure: ``init_args`` = its ``architecture()`` (the
+    structural hyper-parameters, e.g. AudioResNet's widths and stem_pool, the ViT's dims and patch size) as plain
+    values, or None when the encoder does not state them (only its class can then be compared)."""
+    cls = type(encoder)
+    architecture = getattr(encoder, "architecture", None)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": to_plain(architecture()) if callable(architecture) else None}
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """A checkpoint loaded with ``weights_only=True`` (on the CPU); one-line ``ValueError`` when it cannot be."""
     from audio_ssl.utils.torch_files import load_weights_file
@@ -98,5 +108,5 @@ def checkpoint_metadata(checkpoint: dict) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-__all__ = ["CHECKPOINT_KEY", "checkpoint_metadata", "describe_module", "git_state", "package_version",
+__all__ = ["CHECKPOINT_KEY", "checkpoint_metadata", "describe_architecture", "describe_module", "git_state", "package_version",
            "read_checkpoint", "to_plain", "version_string"]

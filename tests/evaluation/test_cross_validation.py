@@ -192,6 +192,8 @@ def test_lightning_cv_end_to_end_with_resume(tmp_path, esc50_root, cache_dir, mo
     assert summary["variants"]["default"]["epochs"] == 1
     assert "test_fold: 1" in summary["configs"]["fit"] and "max_epochs: 1" in summary["configs"]["fit"]
     assert summary["git_commit"] and summary["device"]
+    for fold, details in summary["variants"]["default"]["details"].items():  # DataStallMonitor, on in the CLI
+        assert 0 <= details["data_stall_fraction"] < 1 and details["data_stall_epochs"] == 1, fold
     for k in range(1, 6):
         frame = pd.read_csv(run_dir / "predictions" / f"fold{k}.csv")
         assert len(frame) == 10 and {"file", "label", "pred", "top1_prob", "top5_prob"} <= set(frame.columns)
@@ -222,6 +224,50 @@ def test_pretrain_finetune_uses_the_pretrained_encoder(tmp_path, esc50_root, cac
     assert summary["variants"]["pretrained"]["epochs"] == "1+1"
     assert summary["variants"]["random_init"]["pretraining_data"] == "none"
     assert summary["variants"]["pretrained"]["pretraining_data"] == "esc50 folds 1,3,4,5"
+    assert (fold / "finetune_pretrained" / "final.ckpt").exists() and (fold / "finetune_random_init").is_dir()
+
+
+def test_pretrain_finetune_with_a_probe_pretrains_once_then_probes_and_fine_tunes(tmp_path, esc50_root, cache_dir,
+                                                                                   monkeypatch):
+    """experiments/masked_cnn_finetune.yaml at size cpu, tiny: one pretraining of the fold, whose weights (and the
+    untrained model) are linear-probed and fine-tuned (the fine-tune stage's encoder and front end match the
+    pretraining's, so init_encoder_from accepts them; the first fine-tune epoch trains the head alone)."""
+    from audio_ssl.evaluation import pipelines
+    from audio_ssl.methods.base import BaseMethod
+
+    monkeypatch.chdir(tmp_path)
+    loaded, pretrainings = [], []
+    original = BaseMethod.load_encoder_weights
+    monkeypatch.setattr(BaseMethod, "load_encoder_weights", lambda self, c: (loaded.append(c), original(self, c))[1])
+    stage = pipelines.pretrain_stage
+    monkeypatch.setattr(pipelines, "pretrain_stage", lambda context: (pretrainings.append(context.fold), stage(context))[1])
+    config = tmp_path / "masked_cnn_finetune.yaml"
+    recipe = yaml.safe_load((ROOT / "experiments" / "masked_cnn_finetune.yaml").read_text())
+    experiments = ROOT / "experiments"
+    config.write_text(yaml.safe_dump({
+        **recipe, "size": "cpu", "pretrain": str(experiments / recipe["pretrain"]),
+        "finetune": str(experiments / recipe["finetune"]), "probe": {"C": [1.0], "max_iter": 50, "device": "cpu"},
+        "pretrain_overrides": ["--model.init_args.num_tokens", "16", "--model.init_args.tokenizer_batches", "2",
+                               "--model.init_args.max_fit_patches", "1000", "--model.init_args.kmeans_iters", "5",
+                               "--trainer.max_epochs", "1"],
+        "finetune_overrides": ["--trainer.max_epochs", "2", "--model.init_args.freeze_encoder_epochs", "1"]}))
+    overrides = tiny_cv_overrides(esc50_root, cache_dir)
+    at = overrides.index("--trainer.max_epochs")
+    del overrides[at:at + 2]  # each stage states its own length
+    summary = run_cv(config, folds=[2], out=tmp_path / "results", overrides=overrides, wandb=False, analyze=False)
+    variants = summary["variants"]
+    assert set(variants) == {"probe_pretrained", "probe_random_init", "finetune_pretrained", "finetune_random_init"}
+    fold = tmp_path / "results" / "masked_cnn_finetune" / "fold2"
+    ckpt = fold / "pretrain" / "final.ckpt"
+    assert pretrainings == [2] and loaded == [str(ckpt)]  # one pretraining; only finetune_pretrained starts from it
+    for kind in ("probe", "finetune"):
+        assert variants[f"{kind}_pretrained"]["pretraining_data"] == "esc50 folds 1,3,4,5"
+        assert variants[f"{kind}_random_init"]["pretraining_data"] == "none"
+    assert variants["probe_pretrained"]["protocol"] == "linear probe (frozen encoder)"
+    assert variants["finetune_pretrained"]["epochs"] == "1+2" and variants["finetune_pretrained"]["method"] == \
+        "MaskedTokenPrediction"
+    assert "freeze_encoder_epochs: 1" in summary["configs"]["finetune_pretrained/finetune_pretrained"]
+    assert "stem_pool: false" in summary["configs"]["finetune_pretrained/finetune_pretrained"]
     assert (fold / "finetune_pretrained" / "final.ckpt").exists() and (fold / "finetune_random_init").is_dir()
 
 
@@ -330,6 +376,42 @@ def test_shipped_probe_pipelines_take_every_size():
         sized = run_config.apply_pipeline_set(config, ["size=cpu", "transductive=true"],
                                               PIPELINE_KEYS["pretrain_probe"], str(path))
         assert run_config.stage_configs(sized, "pretrain", path) == [recipe, experiments / "cpu" / recipe.name]
+
+
+FINETUNE_PIPELINES = [p for p in sorted((ROOT / "experiments").glob("*_finetune.yaml"))
+                      if (yaml.safe_load(p.read_text()) or {}).get("pipeline") == "pretrain_finetune"]
+
+
+def test_every_pretraining_method_has_a_finetune_pipeline():
+    assert {p.stem for p in FINETUNE_PIPELINES} >= {"simclr_finetune", "masked_cnn_finetune",
+                                                    "masked_transformer_finetune"}
+
+
+@pytest.mark.parametrize("path", FINETUNE_PIPELINES, ids=lambda p: p.stem)
+def test_shipped_finetune_pipelines_fine_tune_the_encoder_they_pretrain(path, tmp_path, monkeypatch):
+    """``experiments/<method>_finetune.yaml`` pretrains ``<method>.yaml``, probes with linear_probe.yaml and fine-tunes
+    a FineTuneClassifier whose encoder structure and front end equal the pretraining's, at full size and at
+    ``size=cpu`` (what init_encoder_from would otherwise refuse at the first fold)."""
+    from audio_ssl.cli import build_cli
+    from audio_ssl.evaluation.pipelines import PIPELINE_KEYS, check_pipeline_config
+    from audio_ssl.utils.provenance import describe_architecture, describe_module
+
+    monkeypatch.chdir(tmp_path)
+    config = run_config.load_config(path)
+    check_pipeline_config(config, "pretrain_finetune", str(path))
+    assert config["probe"] == "linear_probe.yaml"
+    for size in ([], ["size=cpu"]):
+        sized = run_config.apply_pipeline_set(config, size, PIPELINE_KEYS["pretrain_finetune"], str(path))
+        built = {}
+        for stage in ("pretrain", "finetune"):
+            paths = run_config.stage_configs(sized, stage, path)
+            assert len(paths) == 1 + len(size) and (not size or paths[1].parent.name == "cpu")
+            args = [a for p in paths for a in ("--config", str(p))] + ["--trainer.logger", "false"]
+            built[stage] = build_cli(args, run=False).model
+        pre, fine = built["pretrain"], built["finetune"]
+        assert type(fine).__name__ == "FineTuneClassifier" and fine.freeze_encoder_epochs > 0
+        assert describe_architecture(fine.encoder) == describe_architecture(pre.encoder), size
+        assert describe_module(fine.frontend) == describe_module(pre.frontend), size
 
 
 def test_a_self_supervised_recipe_alone_is_refused_before_training(tmp_path, esc50_root, cache_dir, capsys):

@@ -3,21 +3,25 @@ groups against the regex rules they replace, augmentation on the front end's out
 
 from __future__ import annotations
 
+import math
 import re
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from hf_utils import save_tiny_hf_model
 from method_utils import tone_clips
 
+from audio_ssl.features.logmel import LogMelSpectrogram
 from audio_ssl.methods.beats import BEATsClassifier
 from audio_ssl.methods.finetune import FineTuneClassifier
 from audio_ssl.models.beats import BEATs, BEATsConfig
 from audio_ssl.models.hf_audio import HFAudioEncoder
 from audio_ssl.models.resnet import AudioResNet
+from audio_ssl.models.vit import SpectrogramTransformer
 from audio_ssl.tools.make_beats_checkpoint import beats_config, make_beats_checkpoint
-from audio_ssl.utils.optim import layer_decay_groups
+from audio_ssl.utils.optim import build_scheduler, layer_decay_groups
 
 NO_AUG = dict(freq_mask=0, time_mask=0, mixup_prob=0.0, label_smoothing=0.0)
 
@@ -89,8 +93,10 @@ def test_without_layer_decay_every_encoder_parameter_gets_encoder_lr(w2v_folder)
 
 
 def test_layer_decay_needs_an_encoder_that_states_its_depth():
-    with pytest.raises(ValueError, match=r"layer_decay=0.7 needs an encoder with num_layers and layer_id"):
-        FineTuneClassifier(AudioResNet(arch="resnet10"), layer_decay=0.7)
+    flat = torch.nn.Flatten()
+    flat.out_dim = 8  # an encoder that does not state its depth (no num_layers, no layer_id)
+    with pytest.raises(ValueError, match=r"layer_decay=0.7 needs an encoder with num_layers and layer_id\(param_name\); Flatten"):
+        FineTuneClassifier(flat, layer_decay=0.7)
     with pytest.raises(ValueError, match="does not take lr"):
         FineTuneClassifier(AudioResNet(arch="resnet10"), lr=0.1)
     with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):
@@ -200,3 +206,108 @@ def test_fine_tune_overfits_one_batch(w2v_folder):
         assert F.cross_entropy(model(spec), batch["label"]) < 0.05
     moved = [n for n, p in model.encoder.named_parameters() if not torch.equal(p, encoder_start[n])]
     assert len(moved) == len(encoder_start)  # the encoder was fine-tuned, not only the head
+
+
+# ------------------------------------------------------------------------------------------ freeze phase
+class _Snapshots(L.Callback):
+    """The encoder's state (weights and BatchNorm statistics), its mode and every group's lr at each epoch's end."""
+
+    def __init__(self):
+        self.states, self.modes, self.lrs = [], [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.modes.append(pl_module.encoder.training)
+        self.lrs.append({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.states.append({k: v.detach().clone() for k, v in pl_module.encoder.state_dict().items()})
+
+
+def test_freeze_phase_trains_only_the_head_then_the_encoder_with_its_own_warmup(tmp_path):
+    """freeze_encoder_epochs=2 of 4: through epochs 0-1 the encoder's weights and BatchNorm statistics are exactly
+    those it started with, it stays in eval mode and its lr is 0 while the head's warms up; from epoch 2 it trains,
+    its lr rising from 0 by the same linear warm-up the head had at step 0 (then cosine)."""
+    torch.manual_seed(0)
+    encoder = AudioResNet(arch="resnet10", widths=[4, 8, 8, 8])
+    model = FineTuneClassifier(encoder, num_classes=4, freeze_encoder_epochs=2, encoder_lr=1e-3, head_lr=1e-2,
+                               scheduler="cosine", warmup_fraction=0.25, frontend=LogMelSpectrogram(n_mels=32),
+                               **NO_AUG)
+    start = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    batches = [tone_clips(batch=4, seed=i, num_classes=4) for i in range(2)]  # 2 steps per epoch, 8 in all
+    snaps = _Snapshots()
+    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[snaps], default_root_dir=tmp_path)
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    for epoch in (0, 1):
+        for key, value in start.items():
+            assert torch.equal(snaps.states[epoch][key], value), (epoch, key)
+    changed = [k for k, v in start.items() if v.is_floating_point() and not torch.equal(snaps.states[3][k], v)]
+    assert "stem.0.weight" in changed and "stem.1.running_mean" in changed
+    assert snaps.modes == [False] * 4 + [True] * 4
+    warm = 2  # warmup_fraction 0.25 of 8 steps
+    head = [lrs["head"] for lrs in snaps.lrs]
+    enc = [lrs["encoder"] for lrs in snaps.lrs]
+    assert head[:warm] == pytest.approx([1e-2 * (s + 1) / warm for s in range(warm)])
+    assert enc[:4] == [0.0] * 4
+    assert enc[4:4 + warm] == pytest.approx([1e-3 * (s + 1) / warm for s in range(warm)])
+    assert enc[4 + warm] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0 / 2)))
+    assert enc[7] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 1 / 2)))
+
+
+def test_freeze_phase_is_checked():
+    encoder = AudioResNet(arch="resnet10", widths=[4, 8, 8, 8])
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="freeze_encoder_epochs must be an integer >= 0"):
+            FineTuneClassifier(encoder, num_classes=4, freeze_encoder_epochs=bad)
+    with pytest.raises(ValueError, match="0 with freeze_encoder: true"):
+        FineTuneClassifier(encoder, num_classes=4, freeze_encoder=True, freeze_encoder_epochs=2)
+    model = FineTuneClassifier(encoder, num_classes=4, freeze_encoder_epochs=2, scheduler="onecycle")
+    groups = [dict(g, start_step=3) if g["name"].startswith("encoder") else g for g in model.parameter_groups()]
+    optimizer = torch.optim.AdamW(groups)
+    with pytest.raises(ValueError, match="only scheduler=cosine implements, got scheduler='onecycle'"):
+        build_scheduler("onecycle", optimizer, 10)
+    with pytest.raises(ValueError, match="starts at step 12, outside the schedule's 0..9"):
+        build_scheduler("cosine", torch.optim.AdamW([dict(g, start_step=12) for g in model.parameter_groups()]), 10)
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vit"])
+def test_the_package_encoders_state_their_depth_for_layer_decay(kind):
+    """AudioResNet: stem 0, stage i at i + 1 (4 stages); SpectrogramTransformer: patch embedding, positions and
+    mask token 0, block i at i + 1, final norm at depth, positions and mask token without weight decay."""
+    if kind == "resnet":
+        encoder = AudioResNet(arch="resnet10", widths=[4, 8, 8, 8])
+        depths = {"stem.0.weight": 0, "stem.1.bias": 0, "stages.0.0.conv1.weight": 1, "stages.3.0.bn2.weight": 4}
+    else:
+        encoder = SpectrogramTransformer(n_mels=32, max_frames=64, patch_size=16, embed_dim=16, depth=3, num_heads=2)
+        depths = {"patch_embed.weight": 0, "freq_embed": 0, "time_embed": 0, "mask_token": 0,
+                  "blocks.0.attn.qkv.weight": 1, "blocks.2.mlp.0.weight": 3, "norm.weight": 3}
+    model = FineTuneClassifier(encoder, num_classes=4, encoder_lr=1e-3, head_lr=1e-2, layer_decay=0.5,
+                               weight_decay=0.05, frontend=LogMelSpectrogram(n_mels=32), **NO_AUG)
+    groups = model.parameter_groups()
+    lrs, decays = _lrs(groups), {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    params = dict(encoder.named_parameters())
+    assert set(depths) <= set(params)
+    for name, depth in depths.items():
+        assert lrs[id(params[name])] == pytest.approx(1e-3 * 0.5 ** (encoder.num_layers - depth)), name
+    assert len(lrs) == sum(p.requires_grad for p in model.parameters())
+    if kind == "vit":
+        assert [decays[id(params[k])] for k in ("freq_embed", "time_embed", "blocks.0.attn.qkv.weight")] == [0, 0, 0.05]
+    with pytest.raises(ValueError, match="is not a parameter"):
+        encoder.layer_id("head.weight")
+
+
+def test_freeze_phase_over_several_processes_needs_ddp_to_accept_unused_parameters():
+    """Frozen-encoder epochs give the encoder no gradient, which DDP refuses by default: setup says which strategy
+    to use, and accepts one that finds unused parameters (and a single process)."""
+    from types import SimpleNamespace
+
+    model = FineTuneClassifier(AudioResNet(arch="resnet10", widths=[4, 8, 8, 8]), num_classes=4,
+                               freeze_encoder_epochs=1, frontend=LogMelSpectrogram(n_mels=32), **NO_AUG)
+    model._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(_ddp_kwargs={}))
+    with pytest.raises(ValueError, match="set --trainer.strategy ddp_find_unused_parameters_true"):
+        model.setup("fit")
+    model._trainer.strategy._ddp_kwargs = {"find_unused_parameters": True}
+    model.setup("fit")
+    model._trainer = SimpleNamespace(world_size=1, strategy=SimpleNamespace())
+    model.setup("fit")

@@ -97,24 +97,70 @@ def _fitted_tokenizer(**kwargs):
     return KMeansPatchTokenizer(**cfg).fit(_specs())
 
 
+def test_tokenizer_global_statistics_are_those_of_the_fitted_values():
+    specs = _specs()
+    tok = _fitted_tokenizer()  # normalize="global" by default; 6 x 32 patches < max_fit_patches: all kept
+    values = patchify(specs, 8).double()
+    assert tok.normalize == "global"
+    assert float(tok.mean) == pytest.approx(float(values.mean()), rel=1e-6)
+    assert float(tok.std) == pytest.approx(float((values.var(unbiased=False) + tok.eps).sqrt()), rel=1e-6)
+    # the codebook lives in the normalised units: its values average out near 0 with unit scale
+    assert abs(float(tok.centroids.mean())) < 0.5 and 0.3 < float(tok.centroids.std()) < 1.5
+
+
 def test_tokenizer_encode_is_nearest_normalised_centroid():
-    tok = _fitted_tokenizer()
-    assert bool(tok.fitted) and tok.centroids.shape == (16, 64)
     spec = _specs(batch=3, seed=1, num_time=70)  # T not a multiple of 8: last 6 frames are cropped
-    ids = tok.encode(spec)
-    assert ids.shape == (3, 4 * 8) and ids.dtype == torch.long
     p = patchify(spec, 8)
-    p = (p - p.mean(-1, keepdim=True)) / torch.sqrt(p.var(-1, keepdim=True, unbiased=False) + tok.eps)
-    assert torch.equal(ids, torch.cdist(p, tok.centroids[None].expand(3, -1, -1)).argmin(-1))
-    assert torch.equal(tok(spec), ids)
+    for normalize in ("global", "patch", "none"):
+        tok = _fitted_tokenizer(normalize=normalize)
+        assert bool(tok.fitted) and tok.centroids.shape == (16, 64)
+        ids = tok.encode(spec)
+        assert ids.shape == (3, 4 * 8) and ids.dtype == torch.long
+        if normalize == "global":
+            ref = (p - tok.mean) / tok.std
+        elif normalize == "patch":
+            ref = (p - p.mean(-1, keepdim=True)) / torch.sqrt(p.var(-1, keepdim=True, unbiased=False) + tok.eps)
+        else:
+            ref = p
+        assert torch.equal(ids, torch.cdist(ref, tok.centroids[None].expand(3, -1, -1)).argmin(-1)), normalize
+        assert torch.equal(tok(spec), ids)
 
 
-def test_tokenizer_normalisation_gives_gain_and_offset_invariance():
-    tok = _fitted_tokenizer()
+def test_tokenizer_patch_normalisation_gives_gain_and_offset_invariance_global_keeps_the_level():
     spec = _specs(batch=2, seed=2)
-    assert torch.equal(tok.encode(3.0 * spec + 7.0), tok.encode(spec))
-    raw = _fitted_tokenizer(normalize_patches=False)
-    assert not torch.equal(raw.encode(3.0 * spec + 7.0), raw.encode(spec))
+    per_patch = _fitted_tokenizer(normalize="patch")
+    assert torch.equal(per_patch.encode(3.0 * spec + 7.0), per_patch.encode(spec))
+    for normalize in ("global", "none"):
+        tok = _fitted_tokenizer(normalize=normalize)
+        assert not torch.equal(tok.encode(3.0 * spec + 7.0), tok.encode(spec)), normalize
+
+
+def _silence_and_sounds(seed=0):
+    """Spectrograms [12, 1, 16, 64] of 8x8 patches: 6 loud templates (+- noise 0.3), quiet patches (floor -4 plus
+    noise 0.02) and flat digital-silence patches (exactly -4), in equal thirds; returns (spec, kind [12, 16])."""
+    g = torch.Generator().manual_seed(seed)
+    templates = 2.0 * torch.randn(6, 64, generator=g)
+    kind = torch.arange(12 * 16).remainder(3).view(12, 16)  # 0 loud, 1 quiet, 2 flat
+    which = torch.randint(0, 6, (12, 16), generator=g)
+    patches = templates[which] + 0.3 * torch.randn(12, 16, 64, generator=g)
+    patches[kind == 1] = -4.0 + 0.02 * torch.randn(int((kind == 1).sum()), 64, generator=g)
+    patches[kind == 2] = -4.0
+    grid = patches.view(12, 2, 8, 1, 8, 8).permute(0, 3, 1, 4, 2, 5)  # b nf nt c pf pt -> b c nf pf nt pt
+    return grid.reshape(12, 1, 16, 64), kind
+
+
+def test_global_normalisation_keeps_silence_and_quiet_patches_on_one_token():
+    """The issue's failure: per-patch standardisation blows the noise of quiet patches up to unit variance, so they
+    scatter over many ids, and sends flat patches to the zero vector; global statistics keep both near the floor."""
+    spec, kind = _silence_and_sounds()
+    quiet_or_flat = kind > 0
+    ids = {n: KMeansPatchTokenizer(num_clusters=16, patch_size=8, normalize=n, iters=20).fit(spec).encode(spec)
+           for n in ("global", "patch")}
+    assert torch.unique(ids["global"][quiet_or_flat]).numel() == 1  # silence and near-silence: one token
+    assert torch.unique(ids["patch"][kind == 2]).numel() == 1  # flat: the zero vector
+    assert torch.unique(ids["patch"][kind == 1]).numel() >= 6  # quiet noise scattered
+    # loud patches never share the silence token under global normalisation
+    assert not bool(torch.isin(ids["global"][kind == 0], ids["global"][quiet_or_flat]).any())
 
 
 def test_tokenizer_fit_inputs_and_features():
@@ -148,10 +194,12 @@ def test_tokenizer_errors():
         KMeansPatchTokenizer(num_clusters=512, patch_size=8).fit(_specs(batch=1))
     with pytest.raises(ValueError, match=r"\[B, C, F, T\]"):
         _fitted_tokenizer().encode(torch.randn(2, 32, 64))
+    with pytest.raises(ValueError, match="'per_patch'"):
+        KMeansPatchTokenizer(normalize="per_patch")
 
 
 def test_tokenizer_save_load_round_trip(tmp_path):
-    tok = _fitted_tokenizer(num_clusters=12, patch_size=(8, 4), normalize_patches=False, seed=3)
+    tok = _fitted_tokenizer(num_clusters=12, patch_size=(8, 4), normalize="none", seed=3)
     path = tmp_path / "tok.pt"
     tok.save(path)
     loaded = KMeansPatchTokenizer.load(path)
@@ -160,7 +208,43 @@ def test_tokenizer_save_load_round_trip(tmp_path):
     spec = _specs(batch=3, seed=5)
     assert torch.equal(loaded.encode(spec), tok.encode(spec))
     blob = torch.load(path, weights_only=True)  # a plain dict, readable without audio_ssl classes
-    assert set(blob) >= {"config", "centroids", "fitted"}
+    assert set(blob) >= {"config", "centroids", "fitted", "mean", "std"} and blob["version"] == 2
+    glob = _fitted_tokenizer()
+    glob.save(path)
+    loaded = KMeansPatchTokenizer.load(path)
+    assert loaded.normalize == "global" and torch.equal(loaded.mean, glob.mean) and torch.equal(loaded.std, glob.std)
+    assert torch.equal(loaded.encode(spec), glob.encode(spec))
+
+
+def _version_1_blob(tok: KMeansPatchTokenizer) -> dict:
+    """A file as the code before ``normalize`` wrote it: ``normalize_patches`` in the config, no statistics."""
+    config = {k: v for k, v in tok.config().items() if k != "normalize"}
+    config["normalize_patches"] = tok.normalize == "patch"
+    return {"format": "audio_ssl.KMeansPatchTokenizer", "version": 1, "config": config,
+            "centroids": tok.centroids.clone(), "fitted": tok.fitted.clone()}
+
+
+def test_tokenizer_fitted_by_old_code_keeps_its_mode(tmp_path, caplog):
+    old = _fitted_tokenizer(normalize="patch")
+    path = tmp_path / "old.pt"
+    torch.save(_version_1_blob(old), path)
+    with caplog.at_level("WARNING", logger="audio_ssl.tokenizers.kmeans"):
+        loaded = KMeansPatchTokenizer.load(path)
+    assert loaded.normalize == "patch" and "normalize='patch'" in caplog.text and "old.pt" in caplog.text
+    spec = _specs(batch=2, seed=6)
+    assert torch.equal(loaded.encode(spec), old.encode(spec))
+    # an old state dict (a checkpoint's tokenizer.*) is refused by a global tokenizer, with the way out named
+    state = {k: v for k, v in old.state_dict().items() if k in ("centroids", "fitted")}
+    with pytest.raises(RuntimeError, match="normalize='patch'"):
+        KMeansPatchTokenizer(num_clusters=16, patch_size=8).load_state_dict(state)
+    as_fitted = KMeansPatchTokenizer(num_clusters=16, patch_size=8, normalize="patch")
+    as_fitted.load_state_dict(state)
+    assert torch.equal(as_fitted.encode(spec), old.encode(spec))
+    blob = _version_1_blob(old)
+    del blob["config"]["normalize_patches"]
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="normalize_patches"):
+        KMeansPatchTokenizer.load(path)
 
 
 def test_tokenizer_load_rejects_bad_files(tmp_path):
@@ -181,7 +265,7 @@ def test_tokenizer_load_rejects_bad_files(tmp_path):
 def test_tokenizer_state_dict_round_trip():
     tok = _fitted_tokenizer()
     state = tok.state_dict()
-    assert set(state) == {"centroids", "fitted"}
+    assert set(state) == {"centroids", "fitted", "mean", "std"}
     fresh = KMeansPatchTokenizer(num_clusters=16, patch_size=8)
     assert not bool(fresh.fitted)
     # as a submodule, like inside a LightningModule checkpoint
@@ -216,7 +300,8 @@ def test_usage_stats_known_ids():
 def _ddp_worker(rank: int, world_size: int) -> dict:
     tok = KMeansPatchTokenizer(num_clusters=16, patch_size=8, max_fit_patches=10_000, iters=10, seed=0)
     tok.fit(_specs(batch=3, seed=100 + rank))  # different data on every rank
-    return {"centroids": tok.centroids.clone(), "fitted": tok.fitted.clone()}
+    return {"centroids": tok.centroids.clone(), "fitted": tok.fitted.clone(), "mean": tok.mean.clone(),
+            "std": tok.std.clone()}
 
 
 @pytest.mark.ddp
@@ -228,6 +313,9 @@ def test_ddp_fit_gives_identical_codebooks_on_all_ranks():
     union = KMeansPatchTokenizer(num_clusters=16, patch_size=8, max_fit_patches=10_000, iters=10, seed=0)
     union.fit([_specs(batch=3, seed=100), _specs(batch=3, seed=101)], distributed=False)
     assert torch.equal(r0["centroids"], union.centroids)
+    # the global statistics too: the same on both ranks, those of the union
+    assert torch.equal(r0["mean"], r1["mean"]) and torch.equal(r0["std"], r1["std"])
+    assert torch.equal(r0["mean"], union.mean) and torch.equal(r0["std"], union.std)
     alone = KMeansPatchTokenizer(num_clusters=16, patch_size=8, max_fit_patches=10_000, iters=10, seed=0)
     alone.fit(_specs(batch=3, seed=100), distributed=False)
     assert not torch.equal(r0["centroids"], alone.centroids)
