@@ -24,8 +24,10 @@ from audio_ssl.models.resnet import AudioResNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import data_pipeline  # noqa: E402
+import fast_steps  # noqa: E402
 import resample_worst_case  # noqa: E402
 import train_step  # noqa: E402
+from common import REPO_ROOT  # noqa: E402
 
 
 @pytest.fixture
@@ -201,6 +203,48 @@ def test_train_step_runs_end_to_end(tmp_path, restore_threads):
     assert result["ratio"] == pytest.approx(result["lightning_median"] / result["plain_median"])
     assert len(result["lightning_samples_per_cpu_s"]) == 2 and result["cpu_ratio"] > 0
     assert result["clip_samples"] == 8000 and result["batch_size"] == 2
+
+
+def test_fast_steps_measures_each_option_against_the_same_rounds_baseline(tmp_path, restore_threads):
+    """Two recipes, tiny: every option is timed in the rounds of its baseline (the ratios are of the same round),
+    a recipe that refuses an option (SimCLR's LARS has no fused form) reports it skipped with the reason, a --set
+    key only one recipe has applies to that one, and a forced combination is measured against the baseline."""
+    out = tmp_path / "fast.json"
+    result = fast_steps.main([
+        "--config", str(REPO_ROOT / "experiments" / "supervised_cpu.yaml"),
+        "--config", str(REPO_ROOT / "experiments" / "simclr.yaml"),
+        "--variants", "bf16", "channels_last", "fused", "--combined", "channels_last", "fused",
+        "--steps", "3", "--warmup", "1", "--repeats", "2", "--batch-size", "4", "--clip-seconds", "0.5",
+        "--threads", "1", "--eval-batch-sizes", "8", "--eval-repeats", "1",
+        "--set", "model.init_args.encoder.init_args.widths", "[4, 4, 8, 8]",
+        "--set", "model.init_args.views.init_args.crop_seconds", "0.25",
+        "--out", str(out),
+    ])
+    assert json.loads(out.read_text())["recipes"][0]["config"] == "experiments/supervised_cpu.yaml"
+    supervised, simclr = result["recipes"]
+    assert supervised["set_not_applied"] == ["model.init_args.views.init_args.crop_seconds"]
+    assert simclr["set_not_applied"] == []
+    for recipe in (supervised, simclr):
+        base = recipe["baseline"]
+        assert base["median_ratio"] == 1.0 and len(base["samples_per_s"]) == 2 and recipe["clip_samples"] == 8000
+        for name, variant in recipe["variants"].items():
+            expected = [v / b for v, b in zip(variant["samples_per_s"], base["samples_per_s"])]
+            assert variant["ratio_per_round"] == pytest.approx(expected), name
+            assert variant["median_ratio"] == pytest.approx(float(np.median(expected)))
+        assert recipe["variants"]["bf16"]["precision"] == "bf16-mixed"
+        assert recipe["pays"] == [n for n, v in recipe["variants"].items() if v["median_ratio"] >= 1.03]
+        assert set(recipe["eval"]["samples_per_s"]) == {"4", "8"} and recipe["eval"]["ratio_to_train_batch"]["4"] == 1
+    assert set(supervised["variants"]) == {"bf16", "channels_last", "fused"} and not supervised["skipped"]
+    assert supervised["combined"]["options"] == ["channels_last", "fused"]
+    assert len(supervised["combined"]["ratio_per_round"]) == 2  # measured, in its own rounds
+    assert simclr["skipped"]["fused"].startswith("fused_optimizer=true: optimizer='lars' has no fused implementation")
+    assert simclr["combined"] == {"options": ["channels_last"], "chosen_by": "--combined", "same_as": "channels_last"}
+
+
+def test_fast_steps_refuses_a_set_key_no_recipe_has():
+    with pytest.raises(ValueError, match="--set model.init_args.no_such_key: no recipe has this key"):
+        fast_steps.main(["--config", str(REPO_ROOT / "experiments" / "supervised_cpu.yaml"),
+                         "--set", "model.init_args.no_such_key", "1"])
 
 
 def test_resample_worst_case_benchmark_measures_both_paths():

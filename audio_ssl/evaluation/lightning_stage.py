@@ -34,6 +34,8 @@ from audio_ssl.utils.provenance import CHECKPOINT_KEY
 log = logging.getLogger(__name__)
 
 FINAL_WEIGHTS = "final.ckpt"
+PARALLEL_ENV = "AUDIO_SSL_CV_PARALLEL"
+"""Set to N in the fold processes of ``audio-ssl cv --parallel N`` (N > 1): a stage there refuses DDP."""
 
 
 def lightning_args(context: FoldContext, config_path: Path | Sequence[Path], stage_dir: Path,
@@ -90,6 +92,20 @@ def starting_weights(model) -> tuple[str, str]:
     return "none", "supervised from scratch"
 
 
+def refuse_ddp_in_parallel_folds(trainer) -> None:
+    """Raise ``ValueError`` when this process is one of several folds at once (``audio-ssl cv --parallel N``,
+    which sets :data:`PARALLEL_ENV`) and ``trainer`` would start DDP over several processes."""
+    import os
+
+    parallel = os.environ.get(PARALLEL_ENV)
+    if parallel and trainer.world_size > 1:
+        raise ValueError(f"audio-ssl cv --parallel {parallel} runs {parallel} folds at once on this machine, and this "
+                         f"fold's trainer asks for DDP over {trainer.world_size} processes (trainer.devices="
+                         f"{trainer.num_devices}, trainer.num_nodes={trainer.num_nodes}): run a DDP fold with "
+                         "--parallel 1 (the default), or give each fold its own GPUs with --launcher submitit "
+                         "--gpus-per-fold N")
+
+
 def fit_stage(args: list[str], stage_dir: Path, before_fit: Callable[[object], None] | None = None):
     """Build a Lightning CLI from ``args`` and fit it, resumably: a stage whose ``final.ckpt`` exists is not
     trained again (its weights are loaded); an interrupted one continues from ``checkpoints/last.ckpt``.
@@ -101,6 +117,7 @@ def fit_stage(args: list[str], stage_dir: Path, before_fit: Callable[[object], N
     with warnings.catch_warnings():  # `audio-ssl cv ...` has its own argv; the CLI gets `args` on purpose
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         cli = build_cli(args, run=False)
+    refuse_ddp_in_parallel_folds(cli.trainer)
     if before_fit is not None:
         before_fit(cli)
     final = stage_dir / FINAL_WEIGHTS

@@ -9,6 +9,8 @@
     folds.csv                    one row per fold and variant: metrics and wall times
     summary.json                 the summary (see :mod:`audio_ssl.evaluation.summary`)
     analysis/                    the error analysis (see :mod:`audio_ssl.evaluation.analysis`)
+    logs/fold{k}.log             a fold run in its own process (``audio-ssl cv --parallel N``, ``--launcher``)
+    submitit/{job id}_*          submitit's files of a fold job (``--launcher submitit``)
 
 ``result.json`` holds ``{"fold", "wall_time_s", "fingerprint", "variants": {variant: {"metrics", "info",
 "predictions"}}}``, where ``info`` is the variant's :class:`~audio_ssl.evaluation.fold.ResultDescription` as

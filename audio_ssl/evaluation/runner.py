@@ -9,15 +9,27 @@ what it returns in the run folder (:mod:`~audio_ssl.evaluation.run_store`, which
 overrides is refused. At the end it writes ``folds.csv`` and ``summary.json``
 (:mod:`~audio_ssl.evaluation.summary`), the analysis (:mod:`~audio_ssl.evaluation.analysis`), and logs to W&B
 (:mod:`~audio_ssl.evaluation.tracking`) when enabled.
+
+Folds at once: given a ``launcher`` (:mod:`~audio_ssl.evaluation.launchers`: N local processes, or jobs through
+submitit, SLURM or local), the folds still to run become :class:`FoldJob` s, each run by :func:`run_fold` in its
+own process (``run_cv`` of that one fold, no summary, output in ``<run>/logs/fold{k}.log``); the runner waits,
+then summarises the run folder exactly as the sequential loop does. A fold's results do not depend on which
+process runs it (every Lightning stage seeds itself), so they equal the sequential run's. Folds that share a
+stage (transductive pretraining, trained once in ``<run>/pretrain_transductive/``) are launched after the first
+pending fold has finished, so that the shared stage is trained once and never by two processes at the same time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from audio_ssl.evaluation import run_store
 from audio_ssl.evaluation.analysis import analyze_run
@@ -32,7 +44,7 @@ from audio_ssl.evaluation.run_config import (
 )
 from audio_ssl.evaluation.summary import build_summary, folds_frame
 from audio_ssl.evaluation.tracking import finish_wandb, log_fold, log_summary
-from audio_ssl.utils.distributed import barrier, broadcast_from_rank_zero, is_rank_zero
+from audio_ssl.utils.distributed import barrier, broadcast_from_rank_zero, is_rank_zero, process_rank
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +183,125 @@ def check_run_config(config: dict, pipeline: str, config_path: Path, overrides: 
         raise
 
 
+@dataclass(frozen=True)
+class FoldJob:
+    """One held-out fold of a CV run, as a job for another process: the :func:`run_cv` arguments of the run (all
+    plain values, so the job pickles and travels as JSON) and the fold. ``threads``: torch/OpenMP threads for the
+    fold's process (``None``: torch's default). ``log_file``: where the fold's output goes."""
+
+    config_path: str
+    fold: int
+    name: str
+    out: str
+    log_file: str
+    overrides: tuple[str, ...] = ()
+    overlays: tuple[str, ...] = ()
+    pipeline_set: tuple[str, ...] = ()
+    wandb: bool = True
+    threads: int | None = None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> FoldJob:
+        tuples = {"overrides", "overlays", "pipeline_set"}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+
+
+class FoldLauncher(Protocol):
+    """Runs fold jobs somewhere else (:mod:`~audio_ssl.evaluation.launchers`) and waits for them all."""
+
+    def launch(self, jobs: Sequence[FoldJob]) -> dict[int, str]:
+        """Run every job (each through :func:`run_fold`); return ``{fold: why it failed}`` for the failed ones."""
+        ...
+
+
+class FoldsFailed(RuntimeError):
+    """Folds run by a launcher that failed (the others finished and are kept); the message names each fold, why,
+    and the end of its log."""
+
+
+def log_tail(path: str | os.PathLike, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file (``"(no log)"`` when it does not exist)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+def run_fold(job: FoldJob) -> dict:
+    """Run one fold of a CV run in this process: :func:`run_cv` of ``job.fold`` alone, without the summary.
+    Its output (Python's and the libraries' own, file descriptors 1 and 2) is appended to ``job.log_file``
+    (``.rank{r}.log`` for ranks > 0 of a multi-task job). The function every launcher runs. Returns
+    ``{"fold", "wall_time_s", "metrics": {variant: metrics}}``; raises what the fold raised."""
+    import torch
+
+    from audio_ssl.evaluation.run_store import load_fold_result
+
+    rank = process_rank()  # > 0: another task of a multi-task job (Lightning DDP over its GPUs or nodes)
+    log_file = Path(job.log_file)
+    if rank:
+        log_file = log_file.with_suffix(f".rank{rank}.log")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_file, "ab", buffering=0) as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+    try:
+        if not logging.getLogger().handlers:  # a bare job process (submitit): the runner's INFO lines
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        if job.threads:
+            torch.set_num_threads(job.threads)
+        log.info("fold %d of %s (%s), %d torch threads", job.fold, job.name, job.config_path,
+                 torch.get_num_threads())
+        try:
+            run_cv(job.config_path, folds=[job.fold], name=job.name, out=job.out, overrides=job.overrides,
+                   wandb=job.wandb, analyze=False, overlays=job.overlays, pipeline_set=job.pipeline_set,
+                   summarize=False)
+        except BaseException:
+            log.exception("fold %d of %s failed", job.fold, job.name)  # into the fold's log, whoever launched it
+            raise
+        result = load_fold_result(Path(job.out) / job.name, job.fold)
+        return {"fold": job.fold, "wall_time_s": result.wall_time_s if result else None,
+                "metrics": {v: r.metrics for v, r in result.variants.items()} if result else {}}
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def shares_a_stage(config: dict, pipeline: str) -> bool:
+    """Whether the folds of this config share a stage that the first fold to run trains and the others load:
+    transductive pretraining (``transductive: true`` of ``pretrain_probe`` / ``pretrain_finetune``)."""
+    from audio_ssl.evaluation.pipelines import PIPELINE_KEYS
+
+    return "transductive" in PIPELINE_KEYS.get(pipeline, ()) and config.get("transductive") is True
+
+
+def launch_folds(launcher: FoldLauncher, jobs: list[FoldJob], shared_stage: bool) -> None:
+    """Run ``jobs`` through ``launcher``: with a ``shared_stage``, the first job alone, then the others (so the
+    shared stage is trained once, by the first); raise :class:`FoldsFailed` naming every failed fold."""
+    waves = [jobs[:1], jobs[1:]] if shared_stage else [jobs]
+    failures: dict[int, str] = {}
+    for wave in waves:
+        if not wave:
+            continue
+        if failures:  # the shared stage failed: the others would train it again, each on its own
+            failures.update({job.fold: f"not run: fold {jobs[0].fold}, which trains the stage the folds share, "
+                             "failed" for job in wave})
+            break
+        failures.update(launcher.launch(wave))
+    if failures:
+        raise FoldsFailed("; ".join(f"fold {fold} failed: {why}" for fold, why in sorted(failures.items()))
+                          + " (the finished folds are kept: run the same command again to run the failed ones)")
+
+
 def run_cv(
     config_path: str | os.PathLike,
     folds: Sequence[int] | None = None,
@@ -182,7 +313,10 @@ def run_cv(
     examples: int = 8,
     overlays: Sequence[str | os.PathLike] = (),
     pipeline_set: Sequence[str] = (),
-) -> dict:
+    launcher: FoldLauncher | None = None,
+    threads_per_fold: int | None = None,
+    summarize: bool = True,
+) -> dict | None:
     """Run a config once per held-out fold and summarise; returns the summary (also in ``<out>/<name>/``).
 
     ``folds`` defaults to every fold of the dataset. ``overrides`` are Lightning CLI arguments added to every
@@ -243,10 +377,21 @@ def run_cv(
         os.environ.setdefault("WANDB_MODE", "offline")
     project = project_for(config, config_path)
 
+    pending = []
     for fold in folds:
         if run_store.load_fold_result(run_dir, fold) is not None:
             log.info("fold %d already finished in %s: skipped", fold, run_dir)
-            continue
+        else:
+            pending.append(fold)
+    if launcher is not None:
+        jobs = [FoldJob(config_path=str(config_path), fold=fold, name=name, out=str(Path(out).resolve()),
+                        log_file=str((run_dir / "logs" / f"fold{fold}.log").resolve()), overrides=overrides,
+                        overlays=tuple(map(str, overlays)), pipeline_set=tuple(pipeline_set), wandb=wandb,
+                        threads=threads_per_fold) for fold in pending]
+        launch_folds(launcher, jobs, shares_a_stage(config, pipeline))
+        pending = []
+
+    for fold in pending:
         context = FoldContext(config=config, fold=fold, work_dir=run_store.fold_dir(run_dir, fold),
                               config_path=config_path, overrides=overrides, run_name=name, wandb=wandb,
                               wandb_project=project, overlays=overlays)
@@ -264,6 +409,8 @@ def run_cv(
         barrier()
         finish_wandb()
 
+    if not summarize:
+        return None
     if not is_rank_zero():  # DDP: rank 0 summarises and writes; the others return its summary
         return broadcast_from_rank_zero(None)
     fold_results = run_store.finished_folds(run_dir)

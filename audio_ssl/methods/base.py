@@ -20,7 +20,8 @@ checkpoints                ``state_dict`` (every weight, teachers and probes inc
 
 Shared machinery, so that a method file holds only its objective: the on-device front end (``frontend``), optimizer
 groups and schedules, the online probe and kNN monitor (:mod:`audio_ssl.methods.monitors`, fed by
-:meth:`BaseMethod.monitor_step`), BatchNorm over processes (``sync_batchnorm``) and grouped metric names
+:meth:`BaseMethod.monitor_step`), BatchNorm over processes (``sync_batchnorm``), the speed options
+(``channels_last``, ``fused_optimizer``, ``compile``; :meth:`BaseMethod.apply_speed_options`) and grouped metric names
 (``train/...``, ``val/...``, ``test/...``). A momentum teacher is in :mod:`audio_ssl.methods.momentum`.
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import lightning as L
 import torch
@@ -102,6 +103,18 @@ def check_encoder_matches(meta: dict, encoder: nn.Module, frontend: nn.Module | 
                     "loading the encoder weights unchecked there", source, ", ".join(unchecked))
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``mode`` values of :func:`torch.compile` accepted by ``compile_mode``."""
+FUSED_OPTIMIZERS = ("adamw", "adam", "sgd")
+"""Optimizers with a fused (single-kernel) implementation in torch (``fused=True``); LARS has none."""
+
+
+def _channels_last_inputs(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: 4-D tensor arguments in ``torch.channels_last`` memory format (values unchanged)."""
+    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.dim() == 4
+                 else a for a in args)
+
+
 class BaseMethod(L.LightningModule):
     """Shared machinery and the method contract (see the module docstring); subclasses set ``self.encoder`` and
     define ``training_step``.
@@ -124,6 +137,29 @@ class BaseMethod(L.LightningModule):
     statistics over the global batch when ``trainer.world_size > 1`` (see
     :func:`audio_ssl.utils.distributed.convert_sync_batchnorm`); self-supervised methods turn it on, since a
     per-process BatchNorm lets a network tell which clips share a process.
+
+    Speed options (all off by default; ``benchmarks/fast_steps.py`` measures each against the plain step, and a
+    recipe turns one on only where that measurement shows it pays; bf16 autocast is the trainer's
+    ``precision: bf16-mixed``, not an option here). They change how the step runs, never what it computes
+    (within float rounding), and never the checkpoint's keys. :meth:`apply_speed_options` puts them in force;
+    :meth:`setup` calls it, so they apply under the Trainer (fit, validate, test, predict), not to a model called
+    outside it (e.g. one rebuilt by :meth:`from_checkpoint` and called directly, or exported):
+
+    - ``channels_last``: every 4-D weight of the method's networks (all children but the front end: encoder,
+      heads, teachers) and every 4-D input of the encoder in ``torch.channels_last`` memory format (NHWC), which
+      cuDNN's and oneDNN's convolutions prefer, notably for tensor-core bf16/fp16 kernels. Only for
+      convolutional encoders (``encoder.convolutional = True``: :class:`~audio_ssl.models.AudioResNet`,
+      :class:`~audio_ssl.models.timm_cnn.TimmCNN`); another encoder raises ValueError.
+    - ``fused_optimizer``: torch's fused AdamW/Adam/SGD kernels (``fused=True``: one kernel per step for all
+      parameters, instead of torch's default: ``foreach`` kernels on CUDA, a per-parameter loop on the CPU).
+      ``True`` raises ValueError for ``lars`` (no fused implementation) and when the parameters' device has no
+      fused kernel; ``"auto"`` fuses when every parameter is on a CUDA device and the optimizer has a fused form,
+      and otherwise builds the usual optimizer.
+    - ``compile``: :meth:`torch.nn.Module.compile` of the encoder with ``compile_mode`` (:func:`torch.compile`'s
+      ``mode``, one of :data:`COMPILE_MODES`). It compiles the encoder's ``__call__`` in place, so the module and
+      its ``state_dict`` keys stay as they were (``torch.compile(encoder)`` would wrap it and prefix every key
+      with ``_orig_mod.``). Only calls of ``self.encoder(x)`` run compiled; a method that calls other functions
+      of its encoder (the masked method's CNN path: ``encoder.forward_features``) runs those eagerly.
     """
 
     classifies: ClassVar[bool] = False
@@ -151,6 +187,10 @@ class BaseMethod(L.LightningModule):
         knn_temperature: float = 0.07,
         sync_batchnorm: bool = False,
         init_encoder_from: str | None = None,
+        channels_last: bool = False,
+        fused_optimizer: bool | Literal["auto"] = False,
+        compile: bool = False,
+        compile_mode: str = "default",
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -172,6 +212,19 @@ class BaseMethod(L.LightningModule):
         self.knn = KNNMonitor(num_classes, knn_k, knn_temperature) if knn_k > 0 and num_classes else None
         self.sync_batchnorm = sync_batchnorm
         self.init_encoder_from = init_encoder_from
+        for name, value in (("channels_last", channels_last), ("compile", compile)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+        if not (isinstance(fused_optimizer, bool) or fused_optimizer == "auto"):
+            raise ValueError(f"fused_optimizer must be true, false or 'auto', got {fused_optimizer!r}")
+        if fused_optimizer is True and optimizer.lower() not in FUSED_OPTIMIZERS:
+            raise ValueError(f"fused_optimizer=true: optimizer={optimizer!r} has no fused implementation (only "
+                             f"{', '.join(FUSED_OPTIMIZERS)}); set fused_optimizer to false or 'auto'")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode={compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        self.use_channels_last, self.fused_optimizer = channels_last, fused_optimizer
+        self.compile_encoder, self.compile_mode = compile, compile_mode
+        self._speed_options_applied = False
         self.test_outputs: list[dict] = []
         """Classifiers: per-clip ``{"index" [B], "label" [B], "probs" [B, C]}`` of the last test epoch (CPU)."""
         self._epoch_means = nn.ModuleDict()  # log_metrics' MeanMetrics, by logged name, created on first use
@@ -183,6 +236,30 @@ class BaseMethod(L.LightningModule):
             self.load_encoder_weights(self.init_encoder_from)
         if self.sync_batchnorm and self._trainer is not None and self.trainer.world_size > 1:
             self.convert_sync_batchnorm(self.trainer.strategy.root_device.type)
+        self.apply_speed_options()
+
+    def apply_speed_options(self) -> None:
+        """Put ``channels_last`` and ``compile`` in force (see the class docstring; ``fused_optimizer`` acts in
+        :meth:`configure_optimizers`). Called by :meth:`setup`; a loop without the Trainer calls it once the
+        networks are built. Idempotent: a second call changes nothing.
+
+        Raises:
+            ValueError: ``channels_last`` with an encoder that is not convolutional (names the encoder class).
+        """
+        if self._speed_options_applied:
+            return
+        if self.use_channels_last:
+            if not getattr(self.encoder, "convolutional", False):
+                raise ValueError(f"channels_last=true applies to convolutional encoders (encoder.convolutional = "
+                                 f"True: AudioResNet, TimmCNN); {type(self.encoder).__name__} is not one: set "
+                                 "model.init_args.channels_last false")
+            for child in self.children():
+                if child is not self.frontend:
+                    child.to(memory_format=torch.channels_last)  # 4-D tensors only; the values are unchanged
+            self.encoder.register_forward_pre_hook(_channels_last_inputs)
+        if self.compile_encoder:
+            self.encoder.compile(mode=self.compile_mode)
+        self._speed_options_applied = True
 
     def convert_sync_batchnorm(self, device_type: str = "cuda") -> None:
         """Synchronise every BatchNorm of the method's networks (all children but the front end) over all
@@ -391,6 +468,15 @@ class BaseMethod(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         return int(getattr(datamodule, "batch_size", 256))
 
+    def use_fused_optimizer(self) -> bool:
+        """Whether :meth:`configure_optimizers` builds a fused optimizer: ``fused_optimizer`` resolved (``"auto"``:
+        every parameter on CUDA and an optimizer in :data:`FUSED_OPTIMIZERS`)."""
+        if self.fused_optimizer != "auto":
+            return bool(self.fused_optimizer)
+        params = list(self.parameters())
+        return (self.optimizer_name.lower() in FUSED_OPTIMIZERS and bool(params)
+                and all(p.device.type == "cuda" for p in params))
+
     def configure_optimizers(self):
         groups = self.parameter_groups()
         for g in groups:
@@ -399,7 +485,7 @@ class BaseMethod(L.LightningModule):
             groups.append({"name": "online_probe", "params": list(self.online_probe.parameters()),
                            "lr": self.probe_lr, "weight_decay": 0.0, "lars_exclude": True})
         optimizer = build_optimizer(self.optimizer_name, groups, self.effective_lr(self.lr), self.weight_decay,
-                                    self.momentum)
+                                    self.momentum, fused=self.use_fused_optimizer())
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1000
         max_lr = self.effective_lr(self.max_lr) if self.max_lr is not None else None
         scheduler = build_scheduler(self.scheduler_name, optimizer, total, self.warmup_fraction, max_lr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +71,9 @@ class AudioResNet(nn.Module):
     :meth:`layer_id` for layer-wise lr decay (:func:`audio_ssl.utils.optim.layer_decay_groups`);
     :meth:`architecture` (what a checkpoint records to refuse a different network on load).
     """
+
+    convolutional: ClassVar[bool] = True
+    """A 2-D CNN: its activations are 4-D feature maps (methods' ``channels_last`` option applies)."""
 
     def __init__(
         self,

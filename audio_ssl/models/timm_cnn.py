@@ -39,6 +39,7 @@ import re
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -194,6 +195,9 @@ class TimmCNN(nn.Module):
         FileNotFoundError: a weight file that does not exist, or a hub id that is neither cached nor reachable
             (the message says what to fetch and where to put it).
     """
+
+    convolutional: ClassVar[bool] = True
+    """A 2-D CNN: its activations are 4-D feature maps (methods' ``channels_last`` option applies)."""
 
     def __init__(
         self,

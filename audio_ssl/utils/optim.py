@@ -65,19 +65,33 @@ def split_decay(module: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9):
-    """``adamw``, ``adam``, ``sgd`` or ``lars`` over parameter groups (each may set its own ``lr``)."""
+def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9,
+                    fused: bool = False):
+    """``adamw``, ``adam``, ``sgd`` or ``lars`` over parameter groups (each may set its own ``lr``).
+
+    ``fused=True`` builds torch's fused implementation (``fused=True`` of AdamW/Adam/SGD: one kernel updates every
+    parameter; same update as the default within float rounding). Raises ValueError for an unknown name, for
+    ``fused`` with ``lars`` (no fused implementation), and when torch refuses ``fused`` for these parameters (a
+    device without fused kernels, non-float parameters; torch's reason is kept in the message).
+    """
     name = name.lower()
-    if name == "adamw":
+    torch_optimizers = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    if name in torch_optimizers:
         groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
-        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        kwargs = {"momentum": momentum} if name == "sgd" else {}
+        if fused:
+            kwargs["fused"] = True
+        try:
+            return torch_optimizers[name](groups, lr=lr, weight_decay=weight_decay, **kwargs)
+        except RuntimeError as err:
+            if not fused:
+                raise
+            raise ValueError(f"fused_optimizer: torch has no fused {name} for these parameters ({err}); set "
+                             "fused_optimizer to false or 'auto'") from err
     if name == "lars":
+        if fused:
+            raise ValueError("fused_optimizer: lars has no fused implementation (only adamw, adam, sgd); set "
+                             "fused_optimizer to false or 'auto'")
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"optimizer={name!r} is not one of adamw, adam, sgd, lars")
 
