@@ -35,6 +35,8 @@ def run_main(argv: list[str]) -> int:
     ("{name: a, config: supervised_cpu.yaml, tta_views: 1}", r"row 1 \(a\): 'tta_views' must be an integer >= 2, got 1"),
     ("{name: a, config: supervised_cpu.yaml, parallel: 0}", r"row 1 \(a\): 'parallel' must be an integer >= 1, got 0"),
     ("{name: a, config: supervised_cpu.yaml, smoke: {epochs: 1}}", r"row 1 \(a\): smoke: unknown key"),
+    ("{name: a, config: supervised_cpu.yaml, smoke: {parallel: 0}}",
+     r"row 1 \(a\): 'smoke.parallel' must be an integer >= 1, got 0"),
     ("{name: a, config: [1, 2]}", r"row 1 \(a\): 'config' must be a YAML path or a list of them"),
 ])
 def test_bad_rows_are_named_with_file_row_and_field(tmp_path, row, message):
@@ -78,6 +80,9 @@ def test_the_shipped_table_states_the_seed_table_in_order():
     # the smoke adds to the row, it never replaces what the row does not name
     sup = by_name["supervised_resnet34"].effective(smoke=True)
     assert sup.set["checkpoint.every_n_epochs"] == 25 and sup.set["model.init_args.freq_mask"] == 8
+    # five fold processes per GPU row; in the smoke one row keeps two (the launcher's path), the others one
+    assert [r.parallel for r in rows] == [5, 5, 5, 5, 1]
+    assert [r.effective(smoke=True).parallel for r in rows] == [2, 1, 1, 1, 1]
 
 
 # ---------------------------------------------------------------------------------------------- the summary

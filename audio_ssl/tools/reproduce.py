@@ -11,9 +11,10 @@ row a name, a config (a Lightning YAML or a pipeline YAML of ``audio-ssl cv``; a
 overlays), ``set`` (Lightning overrides, ``audio-ssl cv --set``), ``pipeline_set`` (pipeline keys,
 ``audio-ssl cv --pipeline-set``), ``tta_views`` (a Lightning row only: each fold's final weights re-tested with
 N circular-shift views into ``<name>_tta<N>``, :mod:`audio_ssl.evaluation.tta`), ``parallel`` (folds at once
-on one device, forwarded to :func:`~audio_ssl.evaluation.runner.run_cv` when it takes a ``parallel`` argument),
-``gpu`` (``false``: the row needs no accelerator, ``--gpu-rows`` leaves it out) and ``smoke`` (the same keys,
-added in ``--smoke``). A top-level ``smoke:`` block gives the generated dataset
+on one device, each in its own process: :class:`~audio_ssl.evaluation.launchers.ProcessLauncher`, as
+``audio-ssl cv --parallel N``),
+``gpu`` (``false``: the row needs no accelerator, ``--gpu-rows`` leaves it out) and ``smoke`` (``set``,
+``pipeline_set``, ``tta_views``, ``parallel`` for ``--smoke``). A top-level ``smoke:`` block gives the generated dataset
 (:func:`~audio_ssl.data.synthetic.make_synthetic_esc50` arguments) and the overrides of every Lightning row.
 
 Each row is ``audio-ssl cv`` over the 5 official folds, inductive (a pipeline's pretraining sees the training
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -68,7 +68,7 @@ SUMMARY_JSON = "reproduce_summary.json"
 SUMMARY_MD = "reproduce_summary.md"
 README_SECTION = "seed"
 ROW_KEYS = {"name", "config", "set", "pipeline_set", "tta_views", "parallel", "gpu", "smoke"}
-SMOKE_ROW_KEYS = {"set", "pipeline_set", "tta_views"}
+SMOKE_ROW_KEYS = {"set", "pipeline_set", "tta_views", "parallel"}
 SMOKE_KEYS = {"data", "set"}
 EXIT_BUDGET = 3
 
@@ -92,13 +92,15 @@ class Row:
     smoke: dict = dataclasses.field(default_factory=dict)
 
     def effective(self, smoke: bool) -> Row:
-        """The row as it runs: with ``smoke``, its smoke ``set``/``pipeline_set`` added and its smoke
-        ``tta_views`` (if any) instead of the real one."""
+        """The row as it runs: with ``smoke``, its smoke ``set``/``pipeline_set`` added, its smoke ``tta_views``
+        (if any) instead of the real one, and its smoke ``parallel`` (default 1: on a small CPU, fold processes
+        cost more in start-up than they save)."""
         if not smoke:
             return self
         return dataclasses.replace(self, set={**self.set, **self.smoke.get("set", {})},
                                    pipeline_set={**self.pipeline_set, **self.smoke.get("pipeline_set", {})},
-                                   tta_views=self.smoke.get("tta_views", self.tta_views), smoke={})
+                                   tta_views=self.smoke.get("tta_views", self.tta_views),
+                                   parallel=self.smoke.get("parallel", 1), smoke={})
 
 
 def _mapping(value, where: str) -> dict:
@@ -164,6 +166,8 @@ def load_rows(path: str | os.PathLike) -> tuple[list[Row], dict]:
         for value, field in ((tta, "tta_views"), (row_smoke.get("tta_views"), "smoke.tta_views")):
             if value is not None:
                 _positive_int(value, f"{where}: '{field}'", minimum=2)
+        if "parallel" in row_smoke:
+            _positive_int(row_smoke["parallel"], f"{where}: 'smoke.parallel'")
         gpu = entry.get("gpu", True)
         if not isinstance(gpu, bool):
             raise ValueError(f"{where}: 'gpu' must be true or false, got {gpu!r}")
@@ -269,12 +273,6 @@ def deadline(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _run_cv_accepts_parallel() -> bool:
-    from audio_ssl.evaluation.runner import run_cv
-
-    return "parallel" in inspect.signature(run_cv).parameters
-
-
 def run_row(row: Row, call: CVCall, out: Path, clock: Clock, parallel: int) -> None:
     """Run the unfinished folds of ``row`` (every fold of its dataset, ``call.num_folds``), its summary and error
     analysis, then its TTA re-test, while the budget lasts. Raises :class:`BudgetExhausted` when the budget stops
@@ -287,15 +285,14 @@ def run_row(row: Row, call: CVCall, out: Path, clock: Clock, parallel: int) -> N
     kwargs = dict(name=row.name, out=out, overrides=call.overrides, wandb=False, overlays=call.overlays,
                   pipeline_set=call.pipeline_set)
     pending = [k for k in range(1, call.num_folds + 1) if run_store.load_fold_result(run_dir, k) is None]
-    if parallel > 1 and pending:
-        if _run_cv_accepts_parallel():
-            kwargs["parallel"] = parallel
-            pending = [pending]  # one call runs them at once
-        else:
-            log.warning("row %s: parallel=%d asked, but run_cv runs folds one after another (no 'parallel' "
-                        "argument): running them sequentially", row.name, parallel)
-    for folds in pending:
-        folds = folds if isinstance(folds, list) else [folds]
+    batches = [[k] for k in pending]
+    if parallel > 1 and len(pending) > 1:
+        from audio_ssl.evaluation.launchers import ProcessLauncher
+
+        # the folds at once, each in its own process (`audio-ssl cv --parallel N`); a budget stop ends them all
+        kwargs["launcher"] = ProcessLauncher(parallel)
+        batches = [pending]
+    for folds in batches:
         if clock.left() <= 0:
             raise BudgetExhausted(f"row {row.name}: no time left before fold(s) {folds}")
         log.info("row %s: fold(s) %s (%.0f s of budget left)", row.name, folds, clock.left())
@@ -304,7 +301,7 @@ def run_row(row: Row, call: CVCall, out: Path, clock: Clock, parallel: int) -> N
     if clock.left() <= 0 and pending:
         raise BudgetExhausted(f"row {row.name}: no time left for its summary")
     with deadline(clock.left()):  # every fold is on disk: summary and error analysis only, nothing trained
-        run_cv(call.config, analyze=True, **{k: v for k, v in kwargs.items() if k != "parallel"})
+        run_cv(call.config, analyze=True, **{k: v for k, v in kwargs.items() if k != "launcher"})
     if row.tta_views:
         from audio_ssl.evaluation.tta import retest_with_tta, tta_run_name
 
