@@ -1,6 +1,7 @@
 # make demo       set up and run the end-to-end demo (synthetic data unless DATA_DIR is given)
 # make test       set up and run the test suite (what CI runs)
 # make test-slow  the slow tests (longer training runs)
+# make reproduce  the seed table on ESC-50 (DATA_DIR=..., REPRODUCE_ARGS="--budget-minutes 8 --rows ..."); resumable
 # make lock       re-resolve requirements/lock.txt from pyproject.toml (the only way the lock changes)
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 # Every install goes through this lock: a new upstream release can never change a fresh clone's environment.
 LOCK := requirements/lock.txt
 
-.PHONY: setup check-env demo test test-slow lint lock clean
+.PHONY: setup check-env demo reproduce test test-slow lint lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,11 @@ check-env: $(STAMP)
 
 demo: check-env
 	$(VENV)/bin/audio-ssl demo $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+# Every row of experiments/reproduce.yaml into results/reproduce/ and the README's seed table; run it again to
+# continue after a budget stop (finished folds are skipped). `REPRODUCE_ARGS=--smoke` is the CPU rehearsal.
+reproduce: check-env
+	$(VENV)/bin/audio-ssl reproduce $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(REPRODUCE_ARGS)
 
 test: check-env
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider

@@ -15,8 +15,9 @@ the data's ``sample_rate`` is the model's and its front end's, a spectrogram enc
 end's, and the model's ``num_classes`` is the data's (at instantiation); setting a linked value by hand is refused.
 
 Project tools (own argument parsers): ``demo`` (synthetic data, end to end), ``cv`` (k-fold cross-validation),
-``results`` (Markdown table of CV summaries), ``probe`` (linear probe on a checkpoint), ``classify`` (any audio
-files), ``make-beats-checkpoint``, ``cache`` (list/clean the waveform caches), ``export`` (ONNX / HEAR).
+``results`` (Markdown table of CV summaries), ``reproduce`` (the seed table), ``probe`` (linear probe on a
+checkpoint), ``classify`` (any audio files), ``make-beats-checkpoint``, ``cache`` (list/clean the waveform caches),
+``export`` (ONNX / HEAR).
 ``audio-ssl --help`` lists both groups, ``audio-ssl --version`` the version.
 
 Runs describe themselves: every checkpoint stores the data, class names, folds and the resolved model config
@@ -79,6 +80,7 @@ TOOLS = {
     "make-beats-checkpoint": "audio_ssl.tools.make_beats_checkpoint",
     "cv": "audio_ssl.tools.cv",
     "results": "audio_ssl.tools.results",
+    "reproduce": "audio_ssl.tools.reproduce",
     "probe": "audio_ssl.tools.probe",
     "cache": "audio_ssl.tools.cache",
     "serve": "audio_ssl.serve.server",
@@ -89,6 +91,7 @@ TOOL_HELP = {
     "demo": "train and test on generated data (or --data-dir) end to end, in minutes on a CPU",
     "cv": "k-fold cross-validation of an experiment or pipeline YAML over the official folds",
     "results": "Markdown table of finished cross-validation runs",
+    "reproduce": "the seed table on ESC-50 (every row, 5 folds), resumable within a time budget (--smoke: CPU toy)",
     "probe": "linear probe of a checkpoint's encoder on one fold",
     "classify": "class predictions for audio files and folders with a checkpoint",
     "zeroshot": "CLAP zero-shot classification of audio files against labels you name (no training)",

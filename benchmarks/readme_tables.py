@@ -4,10 +4,13 @@
     python benchmarks/readme_tables.py onnx_parity results/cpu-2026-11-30/bench/onnx_parity.json --readme README.md
     python benchmarks/readme_tables.py zoo_pipeline_check results/cpu-2026-11-30/bench/zoo_pipeline_check.json --readme README.md
     python benchmarks/readme_tables.py device_resident results/cpu-2026-11-30/bench/device_resident.json --readme README.md
+    python benchmarks/readme_tables.py seed results/reproduce/reproduce_summary.json --readme README.md
 
 Each kind renders one JSON written by its benchmark (``serve_load.py --out``) into a Markdown table and puts it
 between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in the README (the same markers
-``audio-ssl results --readme`` uses; NAME is the kind). Without ``--readme`` the table is printed.
+``audio-ssl results --readme`` uses; NAME is the kind). Without ``--readme`` the table is printed. ``seed`` is
+the seed table of ``audio-ssl reproduce`` (which writes it itself after a run; rendered by
+:func:`audio_ssl.tools.reproduce.seed_table`).
 """
 
 from __future__ import annotations
@@ -92,8 +95,16 @@ def device_resident_table(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_table(data: dict) -> str:
+    """The seed table of ``audio-ssl reproduce`` (its ``reproduce_summary.json``)."""
+    from audio_ssl.tools.reproduce import seed_table as render
+
+    return render(data)
+
+
 RENDERERS = {"serve_load": serve_load_table, "onnx_parity": onnx_parity_table,
-             "zoo_pipeline_check": zoo_pipeline_check_table, "device_resident": device_resident_table}
+             "zoo_pipeline_check": zoo_pipeline_check_table, "device_resident": device_resident_table,
+             "seed": seed_table}
 
 
 def main(argv: list[str] | None = None) -> None:

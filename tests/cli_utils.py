@@ -21,9 +21,10 @@ def lightning_configs() -> list[tuple[Path, ...]]:
     """Every Lightning run the experiments define, as the ``--config`` files in order: each recipe of
     ``experiments/**/*.yaml`` alone, and each recipe with every overlay of the same name in a subfolder
     (``experiments/cpu/simclr.yaml`` -> ``(simclr.yaml, cpu/simclr.yaml)``). Pipeline configs (a ``pipeline:``
-    key) have their own tests."""
+    key) and the row table of ``audio-ssl reproduce`` (a ``rows:`` key) have their own tests."""
     root = ROOT / "experiments"
-    files = [p for p in sorted(root.rglob("*.yaml")) if "pipeline" not in (yaml.safe_load(p.read_text()) or {})]
+    files = [p for p in sorted(root.rglob("*.yaml"))
+             if not {"pipeline", "rows"} & set(yaml.safe_load(p.read_text()) or {})]
     recipes = {p.stem: p for p in files if p.parent == root}
     runs: list[tuple[Path, ...]] = []
     for path in files:

@@ -6,7 +6,8 @@
   CLI on the generated ESC-50, so its checkpoint is real and self-describing (classify, serve, metadata tests);
 - :func:`tiny_cv_overrides`: Lightning CLI arguments that make ``experiments/supervised_cpu.yaml`` a seconds-long
   run on the generated ESC-50 (cross-validation, probe and pipeline tests);
-- :func:`exit_code_and_output`: a command's ``main`` run in-process: ``(exit code, stdout, stderr)``.
+- :func:`exit_code_and_output`: a command's ``main`` run in-process: ``(exit code, stdout, stderr)``;
+- :func:`tiny_reproduce_rows`: a three-row table for ``audio-ssl reproduce --smoke`` (and the GPU script's smoke).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["TINY_ENCODERS", "exit_code_and_output", "tiny_cv_overrides", "train_tiny_classifier", "train_tiny_model"]
+__all__ = ["TINY_ENCODERS", "exit_code_and_output", "tiny_cv_overrides", "tiny_reproduce_rows", "train_tiny_classifier",
+           "train_tiny_model"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_ENCODERS = {
     "resnet": "{class_path: audio_ssl.models.AudioResNet, init_args: {layers: [1, 1], widths: [4, 8]}}",
@@ -83,3 +87,43 @@ def exit_code_and_output(main: Callable[[list[str]], object], argv: list[str], c
         code = exit_info.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+SMOKE_BLOCK = """\
+smoke:
+  data: {num_classes: 4, clips_per_class: 5, seconds: 1.0}
+  set: {trainer.max_epochs: 1, trainer.accelerator: cpu, trainer.devices: 1, trainer.precision: 32-true,
+        trainer.enable_progress_bar: false, trainer.enable_model_summary: false, data.init_args.clip_seconds: 1.0,
+        data.init_args.batch_size: 8, data.init_args.num_workers: 0}
+"""
+
+
+def tiny_reproduce_rows(folder: Path) -> Path:
+    """A row table of ``audio-ssl reproduce`` with three rows in the shapes of the seed table (a supervised row
+    with a TTA re-test, a pretrain-then-probe row, the MFCC baseline: ``gpu: false``), with toy smoke sizes;
+    written to ``folder/rows.yaml``."""
+    path = folder / "rows.yaml"
+    path.write_text(SMOKE_BLOCK + textwrap.dedent(f"""\
+        rows:
+          - name: sup
+            config: {ROOT / "experiments" / "supervised_resnet34.yaml"}
+            tta_views: 10
+            smoke:
+              tta_views: 2
+              set: {{model.init_args.encoder.init_args.widths: "[8, 8, 16, 16]",
+                     model.init_args.frontend.init_args.n_mels: 32, model.init_args.freq_mask: 8,
+                     model.init_args.time_mask: 8}}
+          - name: simclr_probe
+            config: {ROOT / "experiments" / "simclr_probe.yaml"}
+            smoke:
+              pipeline_set:
+                probe: {{C: [1.0], max_iter: 50, device: cpu}}
+                pretrain_overrides: [--model.init_args.encoder.init_args.widths, "[8, 8, 16, 16]",
+                                     --model.init_args.views.init_args.crop_seconds, "0.5",
+                                     --model.init_args.proj_hidden_dim, "32"]
+          - name: mfcc
+            config: {ROOT / "experiments" / "baseline_mfcc_logreg.yaml"}
+            gpu: false
+            smoke: {{pipeline_set: {{n_jobs: 1}}}}
+        """))
+    return path

@@ -1,6 +1,6 @@
 """The GPU package (benchmarks/gpu): the code imports without wandb and librosa (absent on the GPU machine), the data
-splits into parts that rebuild the dataset, and run_supervised.sh --smoke runs end to end (~1 min: kept in CI so the
-GPU package cannot rot between the sessions that have a GPU)."""
+splits into parts that rebuild the dataset, and run_reproduce.sh --smoke runs end to end twice, the second call
+resuming (~2 min: kept in CI so the GPU package cannot rot between the sessions that have a GPU)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def test_imports_without_wandb_and_librosa():
     code = """
 import importlib.util, sys
 import audio_ssl.cli, audio_ssl.tools.cv, audio_ssl.evaluation.runner, audio_ssl.evaluation.summary
+import audio_ssl.tools.reproduce, audio_ssl.evaluation.tta
 import audio_ssl.evaluation.pipelines, audio_ssl.evaluation.baselines, audio_ssl.evaluation.analysis
 from audio_ssl.data import ESC50DataModule, UrbanSound8KDataModule
 from audio_ssl.methods import SupervisedClassifier
@@ -82,39 +83,44 @@ def test_wheels_list_is_pinned_from_the_lock():
         assert lock.get(name.lower()) == version, f"{req} is not the locked version ({lock.get(name.lower())})"
 
 
-def test_run_supervised_smoke(tmp_path):
-    """The whole GPU script on CPU: synthetic data split into parts and reassembled, the cache built once, five
-    folds in parallel into one run folder, the summary call, the TTA row, packing into OUT."""
-    out, work = tmp_path / "out", tmp_path / "work"
-    env = {**hidden_env(""), "OUT": str(out), "WORK": str(work), "PYTHON": sys.executable}
-    env.pop("AUDIO_SSL_HIDE_PACKAGES")  # the script hides wandb and librosa itself in --smoke
-    proc = subprocess.run(["bash", str(GPU / "run_supervised.sh"), "--smoke", "--tta-views", "3"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["results.tar.gz", "run.log", "timings.json"]
-    timings = json.loads((out / "timings.json").read_text())
-    stages = {s["stage"]: s for s in timings["stages"]}
-    assert all(stages[f"fold{k}"]["rc"] == "0" for k in range(1, 6))
-    for name in ("cache", "summary", "tta"):
-        assert stages[name]["rc"] == "0", name
-    # the folds ran at the same time, after the one cache build
-    cache_end = stages["cache"]["start_s"] + stages["cache"]["seconds"]  # both rounded to 0.01 s in timings.json
-    assert min(stages[f"fold{k}"]["start_s"] for k in range(1, 6)) >= cache_end - 0.02
-    results = work / "results"
-    summary = json.loads((results / "supervised_resnet34" / "summary.json").read_text())
-    assert summary["complete"] and summary["bookkeeping_ok"] and summary["folds"] == [1, 2, 3, 4, 5]
-    assert (results / "supervised_resnet34" / "folds.csv").is_file()
-    tta = json.loads((results / "supervised_resnet34_tta3" / "summary.json").read_text())
-    assert tta["complete"] and tta["bookkeeping_ok"]
-    assert all(d["tta_views"] == 3 for d in tta["variants"]["default"]["details"].values())
-    # last.ckpt only every 25 epochs and at the end (checkpoint.every_n_epochs), never a best-* without val_fold
-    kept = {p.name for folder in results.rglob("checkpoints") for p in folder.iterdir()}
-    assert kept <= {"last.ckpt", "run.json"} and "last.ckpt" in kept
+def test_run_reproduce_smoke_twice(tmp_path):
+    """The whole GPU script on CPU, called twice as on a warm machine: synthetic data split into parts and
+    reassembled, the cache built, `audio-ssl reproduce --smoke --gpu-rows` (a supervised row with its TTA re-test
+    and a pretrain-then-probe row; the CPU-only baseline row left out), results packed into OUT. The second
+    call finds the data assembled and every row finished: it trains nothing and packs the same results."""
     import tarfile
 
-    with tarfile.open(out / "results.tar.gz") as tar:
+    from helpers import tiny_reproduce_rows
+
+    rows = tiny_reproduce_rows(tmp_path)
+    work = tmp_path / "work"
+    env = {**hidden_env(""), "WORK": str(work), "PYTHON": sys.executable}
+    env.pop("AUDIO_SSL_HIDE_PACKAGES")  # the script hides wandb and librosa itself in --smoke
+    runs = []
+    for call in (1, 2):
+        out = tmp_path / f"out{call}"
+        proc = subprocess.run(["bash", str(GPU / "run_reproduce.sh"), "--smoke", "--rows-file", str(rows)],
+                              cwd=ROOT, env={**env, "OUT": str(out)}, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+        assert sorted(p.name for p in out.iterdir()) == ["reproduce_summary.json", "reproduce_summary.md",
+                                                         "results.tar.gz", "run.log", "timings.json"]
+        runs.append((out, proc.stdout))
+    (first, _), (second, log) = runs
+    stages = {s["stage"]: s for s in json.loads((first / "timings.json").read_text())["stages"]}
+    assert all(stages[name]["rc"] == "0" for name in ("make_data", "assemble", "cache", "reproduce"))
+    assert "stage assemble: skipped" in log
+    logs = sorted(work.glob("logs/reproduce-*.log"))
+    assert len(logs) == 2
+    text = logs[1].read_text()
+    assert "fold 1 already finished" in text and ": running " not in text  # the cv runner started no fold
+    summary = json.loads((second / "reproduce_summary.json").read_text())
+    status = {e["run"]: e["status"] for e in summary["rows"]}
+    assert status == {"sup": "complete", "sup_tta2": "complete", "simclr_probe": "complete",
+                      "mfcc": "not started"}  # gpu: false, left to the CPU machine
+    assert summary["invocation"]["smoke"] and summary["invocation"]["budget_s"] < 470
+    assert not list(work.rglob("fold*/result.json.*"))
+    with tarfile.open(second / "results.tar.gz") as tar:
         names = tar.getnames()
-    assert "results/supervised_resnet34/summary.json" in names
-    assert "results/supervised_resnet34_tta3/summary.json" in names
-    assert "logs/fold3.log" in names
-    assert not [n for n in names if n.endswith(".ckpt")]
+    assert "results/sup/summary.json" in names and "results/sup_tta2/summary.json" in names
+    assert "results/simclr_probe/fold3/result.json" in names and "results/reproduce_summary.json" in names
+    assert not [n for n in names if n.endswith(".ckpt") or "/embeddings/" in n or "/cache/" in n]

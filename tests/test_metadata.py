@@ -226,7 +226,7 @@ def test_importing_the_cli_does_not_import_wandb():
 def test_top_level_help_and_version(capsys):
     code, out, _ = run_main([], capsys)
     assert code == 0
-    for command in ("fit", "validate", "test", "predict", "demo", "cv", "results", "probe", "classify",
+    for command in ("fit", "validate", "test", "predict", "demo", "cv", "reproduce", "results", "probe", "classify",
                     "make-beats-checkpoint"):
         assert f"  {command} " in out
     code, out, _ = run_main(["--version"], capsys)

@@ -4,7 +4,7 @@
 
 Writes ``OUT/part1 .. OUT/partN``; each keeps the dataset's relative layout (``meta/...``, ``audio/<file>``), so
 moving every part's contents into one folder rebuilds the dataset. ``part1`` holds ``meta/`` (and
-``PARTS.json``: the number of parts and the audio file count of each, which ``run_supervised.sh`` checks before
+``PARTS.json``: the number of parts and the audio file count of each, which ``run_reproduce.sh`` checks before
 it trains) plus audio; the other parts hold audio only. Files are hard-linked when possible, else copied.
 ``OUT`` is emptied first. Prints each part's size in MiB.
 """

@@ -2,7 +2,7 @@
 
 Run before the real suite on a fresh GPU machine (seconds, synthetic batches, no data needed) to check that the
 recipe's epochs fit the budget: it prints milliseconds per optimizer step for one process alone, then for P
-processes started together (the way ``run_supervised.sh`` runs the 5 folds), and the implied seconds per fold
+processes started together (the way ``run_supervised.sh`` ran the 5 folds), and the implied seconds per fold
 (``steps_per_fold`` = 50 steps/epoch x epochs, ESC-50 with 1,600 training clips at batch 32).
 
     python3 benchmarks/gpu/probe_step.py --processes 5 --steps 120 --epochs 100

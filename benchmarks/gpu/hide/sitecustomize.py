@@ -1,4 +1,4 @@
-"""Make installed packages look absent, to rehearse a machine that lacks them (used by ``run_supervised.sh --smoke``
+"""Make installed packages look absent, to rehearse a machine that lacks them (used by ``run_reproduce.sh --smoke``
 and tests): put this folder on ``PYTHONPATH`` and set ``AUDIO_SSL_HIDE_PACKAGES=wandb,librosa``.
 
 Hidden top-level packages fail to import (``ModuleNotFoundError``), ``importlib.util.find_spec`` reports them

@@ -1,51 +1,51 @@
 #!/usr/bin/env bash
-# Supervised rows of the seed table on one GPU, in one command: experiments/supervised_resnet34.yaml on the 5 ESC-50
-# folds as 5 parallel `audio-ssl cv` processes sharing the GPU, the CV summary, and the TTA row (the final weights
-# of every fold re-tested with N circular-shift views, no retraining). Run from the repo root:
+# The seed table on one GPU machine, in budgeted calls: `audio-ssl reproduce` (rows of experiments/reproduce.yaml
+# that use the accelerator) on ESC-50 carried as parts, resumable from one call to the next while the machine stays
+# warm (the work folder $WORK, default /tmp/audio-ssl-gpu, survives between calls only then). Run from the repo root:
 #
-#   benchmarks/gpu/run_supervised.sh [--epochs N] [--budget SECONDS] [--tta-views N] [--workers N] [--name NAME]
-#   benchmarks/gpu/run_supervised.sh --smoke          # same code path on CPU, generated tiny dataset, ~2 min
+#   benchmarks/gpu/run_reproduce.sh [--budget SECONDS] [--rows a,b] [--rows-file F] [--parallel N] [--workers N]
+#   benchmarks/gpu/run_reproduce.sh --smoke          # same code path on CPU, generated tiny dataset, ~2 min
 #
-# Needs: the data parts in .gpu/esc50/part*/ (benchmarks/gpu/pack_esc50.py), wheels in .whl/ (fetch_wheels.sh) for
-# what the machine lacks (installed into /tmp/site, never into the system). $OUT receives at most 5 files:
-# run.log, timings.json, nvidia-smi.csv, results.tar.gz (results/<name>*/ without checkpoints + per-process logs).
-# Every stage has a timeout inside --budget (default 480 s, measured from the start of this script); whatever
-# happens, the packing step runs. Exit status 0 only when every fold, the summary and the TTA row succeeded.
+# Needs: the data parts in .gpu/esc50/part*/ (benchmarks/gpu/pack_esc50.py) on the first call, wheels in .whl/
+# (fetch_wheels.sh) for what the machine lacks (installed once into $WORK/site, never into the system). $OUT
+# receives: run.log, timings.json, nvidia-smi.csv (1 s samples), reproduce_summary.json/.md (every row from the
+# result files, the data-stall fraction of the folds that recorded one) and results.tar.gz (results/ without
+# checkpoints or embedding caches, plus per-stage logs). Every stage has a timeout inside --budget (default 470 s
+# from the start of this script); whatever happens, the packing step runs. Exit status: 0 every selected row is
+# complete, 3 the budget stopped it (call again: finished folds are skipped, a stopped stage resumes from
+# last.ckpt), 1 something failed.
 set -uo pipefail
 
 ROOT="$PWD"
 SMOKE=0
-EPOCHS=""
-BUDGET=480
-TTA_VIEWS=10
+BUDGET=470
 WORKERS=3
-NAME=supervised_resnet34
-CONFIG=experiments/supervised_resnet34.yaml
+PARALLEL=""
+ROWS=""
+ROWS_FILE=""
 PRECISION=bf16-mixed
-FOLDS="1 2 3 4 5"
 while (($#)); do
   case "$1" in
     --smoke) SMOKE=1 ;;
-    --epochs) EPOCHS="$2"; shift ;;
     --budget) BUDGET="$2"; shift ;;
-    --tta-views) TTA_VIEWS="$2"; shift ;;
+    --rows) ROWS="$2"; shift ;;
+    --rows-file) ROWS_FILE="$2"; shift ;;
+    --parallel) PARALLEL="$2"; shift ;;
     --workers) WORKERS="$2"; shift ;;
-    --name) NAME="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
 done
-[[ -f "$ROOT/$CONFIG" && -d "$ROOT/audio_ssl" ]] || { echo "run this from the repo root" >&2; exit 2; }
+[[ -f "$ROOT/experiments/reproduce.yaml" && -d "$ROOT/audio_ssl" ]] || { echo "run this from the repo root" >&2; exit 2; }
 
 START=$(date +%s)
 PY="${PYTHON:-python3}"
 if ((SMOKE)); then
   OUT="${OUT:-$(mktemp -d /tmp/audio-ssl-smoke-out.XXXXXX)}"
   WORK="${WORK:-$(mktemp -d /tmp/audio-ssl-smoke-work.XXXXXX)}"
-  PRECISION=32-true
+  PRECISION=""
   WORKERS=0
-  [[ -n "$EPOCHS" ]] || EPOCHS=2
 else
   OUT="${OUT:-$(mktemp -d /tmp/audio-ssl-gpu-out.XXXXXX)}"
   WORK="${WORK:-/tmp/audio-ssl-gpu}"
@@ -68,7 +68,7 @@ fi
 
 now() { date +%s.%N; }
 elapsed() { echo $(($(date +%s) - START)); }
-say() { echo "[run_supervised +$(elapsed)s] $*"; }
+say() { echo "[run_reproduce +$(elapsed)s] $*"; }
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$TIMINGS"; }  # name rc start end
 # seconds left before the point `reserve` seconds ahead of the end of the budget
 left() { echo $((START + BUDGET - $1 - $(date +%s))); }
@@ -108,23 +108,24 @@ pack() {
   say "packing into $OUT"
   local s
   s=$(now)
-  tar -C "$WORK" -czf "$OUT/results.tar.gz" --exclude='*.ckpt' --exclude='*.tmp' --exclude='.*.tmp' \
-    $( [[ -d "$RESULTS" ]] && echo results) logs 2>/dev/null
+  cp "$RESULTS"/reproduce_summary.* "$OUT/" 2>/dev/null
+  local skip=(--exclude='*.ckpt' --exclude='*.tmp' --exclude='.*.tmp' --exclude='embeddings' --exclude='cache')
+  tar -C "$WORK" -czf "$OUT/results.tar.gz" "${skip[@]}" $( [[ -d "$RESULTS" ]] && echo results) logs 2>/dev/null
   if (($(stat -c %s "$OUT/results.tar.gz") > 15 * 1024 * 1024)); then
     say "results.tar.gz is over 15 MiB: packing again without PNGs"
-    tar -C "$WORK" -czf "$OUT/results.tar.gz" --exclude='*.ckpt' --exclude='*.tmp' --exclude='*.png' \
+    tar -C "$WORK" -czf "$OUT/results.tar.gz" "${skip[@]}" --exclude='*.png' \
       $( [[ -d "$RESULTS" ]] && echo results) logs 2>/dev/null
   fi
   record pack 0 "$s" "$(now)"
-  "$PY" - "$TIMINGS" "$OUT/timings.json" "$START" "$BUDGET" "${EPOCHS:-recipe}" "$SMOKE" <<'EOF' || cp "$TIMINGS" "$OUT/timings.tsv"
+  "$PY" - "$TIMINGS" "$OUT/timings.json" "$START" "$BUDGET" "$SMOKE" <<'EOF' || cp "$TIMINGS" "$OUT/timings.tsv"
 import json, sys
-tsv, out, start, budget, epochs, smoke = sys.argv[1:]
+tsv, out, start, budget, smoke = sys.argv[1:]
 stages = []
 for line in open(tsv):
     name, rc, s, e = line.rstrip("\n").split("\t")
     stages.append({"stage": name, "rc": rc, "start_s": round(float(s) - float(start), 2),
                    "seconds": round(float(e) - float(s), 2)})
-json.dump({"budget_s": int(budget), "epochs": epochs, "smoke": smoke == "1", "stages": stages}, open(out, "w"), indent=2)
+json.dump({"budget_s": int(budget), "smoke": smoke == "1", "stages": stages}, open(out, "w"), indent=2)
 EOF
   say "done in $(elapsed)s, exit status $STATUS; files in $OUT:"
   ls -l "$OUT"
@@ -132,17 +133,19 @@ EOF
 trap 'STATUS=${STATUS:-1}; pack; exit $STATUS' EXIT
 trap 'say "interrupted"; STATUS=130; exit 130' INT TERM
 
-say "root $ROOT, work $WORK, out $OUT, python $PY, budget ${BUDGET}s, epochs ${EPOCHS:-recipe}, smoke $SMOKE"
+say "root $ROOT, work $WORK, out $OUT, python $PY, budget ${BUDGET}s, smoke $SMOKE"
 
-# (a) wheels for what the machine lacks, into $SITE (never into the system)
-if ((!SMOKE)) && compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
+# (a) wheels for what the machine lacks, into $SITE (never into the system), once per warm machine
+if ((!SMOKE)) && [[ -f "$SITE/.installed" ]]; then
+  say "stage wheels: skipped (installed by an earlier call into $SITE)"
+elif ((!SMOKE)) && compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
   stage wheels 90 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" "$ROOT"/.whl/*.whl || STATUS=1
+    --target "$SITE" "$ROOT"/.whl/*.whl && touch "$SITE/.installed" || STATUS=1
 else
   say "stage wheels: skipped ($( ((SMOKE)) && echo 'smoke: this interpreter has them' || echo 'no .whl/*.whl'))"
 fi
 
-# (b) the dataset: generated and split into parts (smoke), then assembled from the parts
+# (b) the dataset: generated and split into parts (smoke), then assembled from the parts, once per warm machine
 PARTS="${PARTS_DIR:-$ROOT/.gpu/esc50}"
 DATA="$WORK/esc50"
 export ROOT WORK PY SMOKE PARTS DATA
@@ -154,7 +157,7 @@ make_synthetic_esc50(sys.argv[1], num_classes=4, clips_per_class=5, seconds=1.0)
 export -f make_data
 if ((SMOKE)); then
   PARTS="$WORK/parts"
-  stage make_data 120 60 make_data || STATUS=1
+  [[ -f "$PARTS/part1/PARTS.json" ]] || stage make_data 120 60 make_data || STATUS=1
 fi
 assemble() {
   rm -rf "$DATA" && mkdir -p "$DATA" || return 1
@@ -162,7 +165,7 @@ assemble() {
   for p in "$PARTS"/part*/; do
     cp -al "$p." "$DATA/" 2>/dev/null || cp -a "$p." "$DATA/" || return 1
   done
-  "$PY" - "$DATA" <<'EOF'
+  "$PY" - "$DATA" <<'EOF' || return 1
 import csv, json, pathlib, sys
 data = pathlib.Path(sys.argv[1])
 manifest = json.loads((data / "PARTS.json").read_text())
@@ -175,12 +178,18 @@ if missing or count != manifest["total_audio_files"]:
     print("missing (first 10):", missing[:10], "- were all parts carried to this machine?")
     sys.exit(1)
 EOF
+  touch "$DATA/.assembled"
 }
 export -f assemble
 DATA_OK=0
-stage assemble 90 60 assemble && DATA_OK=1 || STATUS=1
+if [[ -f "$DATA/.assembled" ]]; then
+  say "stage assemble: skipped ($DATA was assembled and checked by an earlier call)"
+  DATA_OK=1
+else
+  stage assemble 90 60 assemble && DATA_OK=1 || STATUS=1
+fi
 
-# (c) GPU monitor
+# (c) GPU monitor: utilisation and memory, one sample a second, for the whole call
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 >"$OUT/nvidia-smi.csv" 2>&1 &
   SMI_PID=$!
@@ -188,7 +197,7 @@ else
   say "no nvidia-smi on this machine"
 fi
 
-# (d) the waveform cache, once, before the folds start (and the device check)
+# (d) the waveform cache and the device check, once per warm machine, before any fold starts
 prepare() {
   "$PY" -m audio_ssl.utils.environment || return 1
   "$PY" - "$DATA" "$SMOKE" <<'EOF'
@@ -199,7 +208,7 @@ data, smoke = sys.argv[1], sys.argv[2] == "1"
 print(f"torch {torch.__version__}, cuda available {torch.cuda.is_available()}"
       + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
 if not smoke and not torch.cuda.is_available():
-    sys.exit("no CUDA device: refusing to train the recipe on CPU")
+    sys.exit("no CUDA device: refusing to train the recipes on CPU")
 start = time.perf_counter()
 dm = ESC50DataModule(data_dir=data, sample_rate=16000, num_workers=16)
 dm.prepare_data()
@@ -208,56 +217,44 @@ EOF
 }
 export -f prepare
 PREP_OK=0
-((DATA_OK)) && { stage cache 120 60 prepare && PREP_OK=1 || STATUS=1; }
-
-# (e) the folds, in parallel, then one cv call that skips them and writes summary.json / folds.csv / analysis
-CV=(-m audio_ssl.cli cv --config "$CONFIG" --name "$NAME" --out "$RESULTS" --no-wandb
-  --set "data.init_args.data_dir=$DATA" --set "data.init_args.num_workers=$WORKERS"
-  --set "trainer.precision=$PRECISION" --set trainer.enable_progress_bar=false
-  --set checkpoint.every_n_epochs=25)
-[[ -n "$EPOCHS" ]] && CV+=(--set "trainer.max_epochs=$EPOCHS")
-for kv in ${EXTRA_SETS:-}; do CV+=(--set "$kv"); done  # e.g. EXTRA_SETS="model.init_args.time_mask=30"
-if ((SMOKE)); then
-  CV+=(--set data.init_args.clip_seconds=1.0 --set data.init_args.batch_size=8
-    --set "model.init_args.encoder.init_args.widths=[8,16,32,64]" --set model.init_args.frontend.init_args.n_mels=32
-    --set model.init_args.freq_mask=8 --set model.init_args.time_mask=8 --set trainer.log_every_n_steps=1)
+if ((DATA_OK)) && [[ -f "$WORK/.prepared" ]]; then
+  say "stage cache: skipped (caches built and the device checked by an earlier call)"
+  PREP_OK=1
+elif ((DATA_OK)); then
+  stage cache 120 60 prepare && { PREP_OK=1; touch "$WORK/.prepared"; } || STATUS=1
 fi
-FOLD_RESERVE=75  # summary and TTA (in parallel) + packing
+
+# (e) audio-ssl reproduce within what is left of the budget: it stops itself 20 s before the hard timeout and
+# writes its summary; the next call skips finished folds, and a stopped stage resumes from its last.ckpt
+REPRO=(-m audio_ssl.cli reproduce --out "$RESULTS" --data-dir "$DATA" --no-readme
+  --set "data.init_args.num_workers=$WORKERS" --set trainer.enable_progress_bar=false)
+# not --smoke: every Lightning stage on the GPU (Lightning refuses to start without one), in bf16
+if ((SMOKE)); then REPRO+=(--smoke); else REPRO+=(--set trainer.accelerator=gpu --set "trainer.precision=$PRECISION"); fi
+[[ "${ALL_ROWS:-0}" == 1 ]] || REPRO+=(--gpu-rows)  # MFCC + logistic regression (gpu: false) runs on the CPU machine
+[[ -n "$ROWS" ]] && REPRO+=(--rows "$ROWS")
+[[ -n "$ROWS_FILE" ]] && REPRO+=(--rows-file "$ROWS_FILE")
+[[ -n "$PARALLEL" ]] && REPRO+=(--parallel "$PARALLEL")
+PACK_RESERVE=30
+if [[ ! -d "$RESULTS" && -d "$ROOT/.gpu/results" ]]; then  # a cold machine: the results of earlier calls, carried
+  cp -a "$ROOT/.gpu/results" "$RESULTS" && say "results seeded from .gpu/results: finished folds are kept, a fold" \
+    "that was running restarts (no checkpoints travel)"
+fi
 if ((PREP_OK)); then
-  T=$(left $FOLD_RESERVE)
-  ((T > 0)) || T=1
-  say "stage folds: ${FOLDS// /,} in parallel (timeout ${T}s each), logs in $WORK/logs/fold*.log"
-  s=$(now)
-  declare -A PIDS
-  for k in $FOLDS; do
-    timeout -k 10 "$T" "$PY" "${CV[@]}" --folds "$k" --no-analysis >"$WORK/logs/fold$k.log" 2>&1 &
-    PIDS[$k]=$!
-  done
-  for k in $FOLDS; do
-    wait "${PIDS[$k]}"
+  T=$(left $PACK_RESERVE)
+  if ((T > 40)); then
+    REPRO+=(--budget-minutes "$(awk -v t="$T" 'BEGIN { printf "%.2f", (t - 20) / 60 }')")
+    LOG="$WORK/logs/reproduce-$(date +%Y%m%d-%H%M%S).log"
+    stage reproduce "$T" "$PACK_RESERVE" "$PY" "${REPRO[@]}" >"$LOG" 2>&1
     rc=$?
-    record "fold$k" "$rc" "$s" "$(now)"
-    say "fold $k: rc=$rc; $(tail -n 1 "$WORK/logs/fold$k.log")"
-    ((rc == 0)) || { STATUS=1; tail -n 25 "$WORK/logs/fold$k.log"; }
-  done
-  record folds all "$s" "$(now)"
-fi
-
-FINISHED=$(ls "$RESULTS/$NAME"/fold*/result.json 2>/dev/null | sed -E 's#.*/fold([0-9]+)/result.json#\1#' | sort -n | paste -sd, -)
-if [[ -n "$FINISHED" ]]; then
-  say "finished folds: $FINISHED"
-  stage summary 120 15 "$PY" "${CV[@]}" --folds "$FINISHED" >"$WORK/logs/summary.log" 2>&1 &
-  SUM_PID=$!
-  if ((TTA_VIEWS > 1)); then
-    stage tta 120 15 "$PY" "$ROOT/benchmarks/gpu/tta_eval.py" --run-dir "$RESULTS/$NAME" --tta-views "$TTA_VIEWS" \
-      >"$WORK/logs/tta.log" 2>&1 || STATUS=1
-    tail -n 3 "$WORK/logs/tta.log"
+    tail -n 40 "$LOG"
+    case $rc in
+      0) ;;
+      3) say "the budget stopped the run: call again to continue"; ((STATUS)) || STATUS=3 ;;
+      *) STATUS=1 ;;
+    esac
+  else
+    say "stage reproduce: skipped, only ${T}s left in the budget"
+    STATUS=1
   fi
-  wait "$SUM_PID" || STATUS=1
-  tail -n 12 "$WORK/logs/summary.log"
-else
-  say "no finished fold: no summary, no TTA row"
-  STATUS=1
 fi
-[[ "$FINISHED" == "${FOLDS// /,}" ]] || STATUS=1
 exit $STATUS
