@@ -10,9 +10,9 @@ The rows and their order come from a row table (default ``experiments/reproduce.
 row a name, a config (a Lightning YAML or a pipeline YAML of ``audio-ssl cv``; a list stacks a recipe and its
 overlays), ``set`` (Lightning overrides, ``audio-ssl cv --set``), ``pipeline_set`` (pipeline keys,
 ``audio-ssl cv --pipeline-set``), ``tta_views`` (a Lightning row only: each fold's final weights re-tested with
-N circular-shift views into ``<name>_tta<N>``, :mod:`audio_ssl.evaluation.tta`), ``parallel`` (folds at once
-on one device, each in its own process: :class:`~audio_ssl.evaluation.launchers.ProcessLauncher`, as
-``audio-ssl cv --parallel N``),
+N augmented views, the clean clip and seeded training augmentations, into ``<name>_tta<N>``,
+:mod:`audio_ssl.evaluation.tta`), ``parallel`` (folds at once on one device, each in its own process:
+:class:`~audio_ssl.evaluation.launchers.ProcessLauncher`, as ``audio-ssl cv --parallel N``),
 ``gpu`` (``false``: the row needs no accelerator, ``--gpu-rows`` leaves it out) and ``smoke`` (``set``,
 ``pipeline_set``, ``tta_views``, ``parallel`` for ``--smoke``). A top-level ``smoke:`` block gives the generated dataset
 (:func:`~audio_ssl.data.synthetic.make_synthetic_esc50` arguments) and the overrides of every Lightning row.
