@@ -1,6 +1,6 @@
 """Split an ESC-50 folder into part folders small enough to carry to the GPU machine one call at a time.
 
-    python benchmarks/gpu/pack_esc50.py --data-dir /work/shared/data/esc50-16k --out .gpu/esc50 [--max-mib 58]
+    python benchmarks/gpu/pack_esc50.py --data-dir /work/shared/data/esc50-16k --out .gpu/esc50 [--max-mib 34]
 
 Writes ``OUT/part1 .. OUT/partN``; each keeps the dataset's relative layout (``meta/...``, ``audio/<file>``), so
 moving every part's contents into one folder rebuilds the dataset. ``part1`` holds ``meta/`` (and
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="ESC-50 folder with meta/esc50.csv and audio/")
     parser.add_argument("--out", default=".gpu/esc50", help="where the part folders go (emptied first)")
-    parser.add_argument("--max-mib", type=float, default=58.0, help="size limit of one part (default %(default)s)")
+    parser.add_argument("--max-mib", type=float, default=34.0, help="size limit of one part (default %(default)s)")
     args = parser.parse_args(argv)
 
     data_dir = Path(args.data_dir).resolve()
