@@ -1,0 +1,44 @@
+"""``audio-ssl reproduce``: a selection that runs nothing, or a data folder that does not exist, is refused before
+anything runs (exit status 2, naming the option and value), never a silent exit 0 or a failure per row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from audio_ssl.tools import reproduce
+
+
+def run_main(argv: list[str]) -> int:
+    try:
+        reproduce.main(argv)
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)
+    return 0
+
+
+def test_gpu_rows_leaving_no_selected_row_is_refused(tmp_path: Path, capsys):
+    """mfcc_logreg is `gpu: false`: with --gpu-rows the selection is empty, so nothing would run; today the
+    command exits 0 ("incomplete runs: none"), which the GPU script reads as "every selected row complete"."""
+    rc = run_main(["--gpu-rows", "--rows", "mfcc_logreg", "--data-dir", str(tmp_path / "esc50"),
+                   "--out", str(tmp_path / "out"), "--no-readme"])
+    assert rc == 2
+    assert "mfcc_logreg" in capsys.readouterr().err
+
+
+def test_empty_rows_option_is_refused(tmp_path: Path, capsys):
+    """`--rows ''` (e.g. an unset shell variable) selects no row; today it silently runs every row."""
+    rc = run_main(["--rows", "", "--data-dir", str(tmp_path / "esc50"), "--out", str(tmp_path / "out"),
+                   "--no-readme", "--budget-minutes", "0.001"])
+    assert rc == 2
+    assert "--rows" in capsys.readouterr().err
+
+
+def test_missing_data_dir_is_refused_before_any_row(tmp_path: Path, capsys):
+    """A --data-dir without meta/esc50.csv: today every selected row starts (5 fold processes each for the GPU
+    rows, ~1 min per row on this CPU) and fails with a traceback; expected: exit 2 naming --data-dir."""
+    missing = tmp_path / "nowhere"
+    rc = run_main(["--rows", "mfcc_logreg", "--data-dir", str(missing), "--out", str(tmp_path / "out"),
+                   "--no-readme"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and str(missing) in err
