@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pair_ratios": pair_ratios,
         "ratio_dataloader_over_resident": median(pair_ratios),
         "cpu_seconds_per_epoch": cpu,
-        "cpu_ratio_dataloader_over_resident": ratio(median(cpu["dataloader"]), median(cpu["resident"])),
+        # None when the resident path's CPU time is below the clock's resolution (a tiny set): JSON has no inf
+        "cpu_ratio_dataloader_over_resident": (ratio(median(cpu["dataloader"]), median(cpu["resident"]))
+                                               if median(cpu["resident"]) > 0 else None),
     }
 
 
@@ -152,10 +154,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ["resident", 0, result["resident_s"], result["resident_clips_per_s"],
              median(result["cpu_seconds_per_epoch"]["resident"])]]
     print(format_table(rows, ["path", "workers", "s/epoch", "clips/s", "CPU s/epoch"]))
+    cpu_ratio = result["cpu_ratio_dataloader_over_resident"]
     print(f"{result['clips']} clips, {result['batches_per_epoch']} batches per epoch, every batch equal; "
           f"DataLoader / resident = {result['ratio_dataloader_over_resident']:.2f} (median of "
-          f"{len(result['pair_ratios'])} pairs), in CPU time {result['cpu_ratio_dataloader_over_resident']:.2f}; upload {result['upload_s']:.2f} s, {result['resident_mb']:.0f} MB "
-          f"on {args.device}")
+          f"{len(result['pair_ratios'])} pairs), in CPU time "
+          f"{'not measurable (below the clock resolution)' if cpu_ratio is None else f'{cpu_ratio:.2f}'}; "
+          f"upload {result['upload_s']:.2f} s, {result['resident_mb']:.0f} MB on {args.device}")
     write_json(args.out, result)
     return result
 

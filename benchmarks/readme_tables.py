@@ -86,10 +86,11 @@ def device_resident_table(data: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     c = data["config"]
     epochs = len(data["pair_ratios"]) * c.get("epochs_per_pass", 1)
+    cpu_ratio = data["cpu_ratio_dataloader_over_resident"]
     lines.append(f"| {c['device']} | {data['environment']['loadavg_at_start'][0]:.1f} | {data['clips_per_epoch']} x "
                  f"{epochs} | {c['batch_size']} | "
                  f"{c['num_workers']} | {data['dataloader_s']:.3f} | {data['resident_s']:.3f} | "
-                 f"{data['ratio_dataloader_over_resident']:.2f}x | {data['cpu_ratio_dataloader_over_resident']:.2f}x | "
+                 f"{data['ratio_dataloader_over_resident']:.2f}x | {'-' if cpu_ratio is None else f'{cpu_ratio:.2f}x'} | "
                  f"{data['upload_s']:.2f} s | "
                  f"{data['resident_mb']:.0f} MB |")
     return "\n".join(lines) + "\n"

@@ -382,7 +382,7 @@ def test_device_resident_benchmark_checks_and_times_both_paths(esc50_root, cache
     device_resident.main(["--data-dir", str(esc50_root), "--cache-dir", str(cache_dir), "--batch-size", "4",
                           "--num-workers", "0", "--clip-seconds", "0.5", "--repeats", "2", "--epochs", "2",
                           "--out", str(out)])
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON: not valid JSON"))
     assert result["batches_equal"] and result["batches_per_epoch"] == 2 and result["clips_per_epoch"] == 8
     assert len(result["seconds_per_epoch"]["resident"]) == len(result["pair_ratios"]) == 2
     assert result["ratio_dataloader_over_resident"] == pytest.approx(float(np.median(result["pair_ratios"])))

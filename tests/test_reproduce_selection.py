@@ -42,3 +42,20 @@ def test_missing_data_dir_is_refused_before_any_row(tmp_path: Path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "--data-dir" in err and str(missing) in err
+
+
+def test_gpu_rows_on_a_machine_without_cuda_are_refused_unless_allowed(tmp_path: Path, capsys, monkeypatch):
+    """`make reproduce` on a CPU-only machine must not quietly start the 100-epoch ResNet-34 (Lightning would pick
+    the CPU): refused with the ways out named; the CPU rows and --smoke are unaffected."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = tmp_path / "esc50"
+    (data / "meta").mkdir(parents=True)
+    (data / "meta" / "esc50.csv").write_text("filename,fold,target,category\n")
+    rc = run_main(["--rows", "supervised_resnet34,mfcc_logreg", "--data-dir", str(data),
+                   "--out", str(tmp_path / "out"), "--no-readme"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "['supervised_resnet34']" in err and "no CUDA device" in err and "--allow-cpu" in err
+    assert not (tmp_path / "out" / "supervised_resnet34").exists()

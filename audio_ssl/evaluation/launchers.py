@@ -39,6 +39,23 @@ from pathlib import Path
 from audio_ssl.evaluation.lightning_stage import PARALLEL_ENV
 from audio_ssl.evaluation.runner import FoldJob, log_tail, run_fold
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of a fold process (Linux): it receives SIGTERM when its launcher dies, even by SIGKILL (a
+    device call's timeout), so no orphaned fold keeps writing into a run folder that the next invocation is
+    running again (``prctl(PR_SET_PDEATHSIG)``). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl in this libc: the fold outlives a killed launcher
+        pass
+
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 20
@@ -104,7 +121,8 @@ class ProcessLauncher:
                     with open(job.log_file, "ab") as sink:
                         process = subprocess.Popen(
                             [sys.executable, "-m", "audio_ssl.evaluation.launchers", json.dumps(job.to_json())],
-                            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            preexec_fn=die_with_parent)
                     running[job.fold] = (process, job, time.perf_counter())
                     log.info("fold %d: started (process %d, %d threads), log %s", job.fold, process.pid,
                              job.threads, job.log_file)

@@ -112,7 +112,8 @@ def open_run(run_dir: Path, record: RunRecord) -> None:
         trained = [p for p in Path(run_dir).glob("fold*/**/*.ckpt")] + list(Path(run_dir).glob("fold*/result.json"))
         if previous.get("fingerprint") != record.fingerprint and trained:
             raise ValueError(f"{run_dir} holds a CV run of a different setup: {'; '.join(run_differences(previous, record))}. "
-                             f"Use another --name, or delete {run_dir} to start this run again")
+                             f"Use another run name (cv --name) or results folder (reproduce --out), or delete {run_dir} to "
+                             "start this run again")
     with atomic_write(path, "w") as fh:
         json.dump(dataclasses.asdict(record), fh, indent=2, default=str)
 

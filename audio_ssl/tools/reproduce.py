@@ -18,7 +18,7 @@ N augmented views, the clean clip and seeded training augmentations, into ``<nam
 (:func:`~audio_ssl.data.synthetic.make_synthetic_esc50` arguments) and the overrides of every Lightning row.
 
 Each row is ``audio-ssl cv`` over the 5 official folds, inductive (a pipeline's pretraining sees the training
-folds only; a row asking for ``transductive: true`` is refused), in ``<out>/<name>/``, one fold at a time:
+folds only; a row asking for ``transductive: true`` is refused), in ``<out>/<name>/``, ``parallel`` folds at a time:
 
 - resumable: a fold whose ``result.json`` exists is skipped (the cv runner's bookkeeping), an interrupted
   Lightning stage continues from its ``checkpoints/last.ckpt``, a finished stage's ``final.ckpt`` is loaded;
@@ -441,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the same ones when continuing)")
     parser.add_argument("--parallel", type=int, default=None, help="folds at once per row (default: the row's)")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on a CPU, generated data")
+    parser.add_argument("--allow-cpu", action="store_true", help="train the GPU rows (gpu: true) on a machine "
+                                                                 "without CUDA (refused otherwise)")
     parser.add_argument("--readme", default="README.md", help="Markdown file whose <!-- results:seed --> section "
                                                               "is rewritten (default: %(default)s; never in --smoke)")
     parser.add_argument("--no-readme", action="store_true", help="do not touch any README")
@@ -461,15 +463,22 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as err:
         parser.exit(2, f"audio-ssl reproduce: error: {err}\n")
     table = [r.effective(args.smoke) for r in rows]  # the summary describes every row, the selected ones run
-    if args.rows:
+    if args.rows is not None:  # `--rows ''` (an unset shell variable) names no row: refused, never "every row"
         wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
         unknown = [w for w in wanted if w not in {r.name for r in rows}]
         if unknown or not wanted:
-            parser.error(f"--rows {args.rows!r}: unknown row(s) {unknown}; the rows of {args.rows_file} are "
-                         f"{[r.name for r in rows]}")
+            parser.error(f"--rows {args.rows!r}: " + (f"unknown row(s) {unknown}" if unknown else "names no row")
+                         + f"; the rows of {args.rows_file} are {[r.name for r in rows]}")
         rows = [r for r in rows if r.name in wanted]  # the table's order, not the option's
     if args.gpu_rows:
+        dropped = [r.name for r in rows if not r.gpu]
         rows = [r for r in rows if r.gpu]
+        if not rows:
+            parser.error(f"--gpu-rows leaves no row to run: {dropped} are gpu: false rows (run them without "
+                         "--gpu-rows)")
+    if args.data_dir and not (Path(args.data_dir) / "meta" / "esc50.csv").is_file():
+        parser.error(f"--data-dir {Path(args.data_dir).resolve()}: no meta/esc50.csv there; give the ESC-50 folder "
+                     "(audio/ and meta/esc50.csv), or --smoke without --data-dir for generated data")
     out = Path(args.out or ("results/reproduce_smoke" if args.smoke else "results/reproduce"))
     out.mkdir(parents=True, exist_ok=True)
     data_args: dict = {}
@@ -493,6 +502,14 @@ def main(argv: list[str] | None = None) -> None:
         calls = {r.name: cv_call(r, data_args, smoke["set"] if args.smoke else {}, cli_set) for r in rows}
     except ValueError as err:
         parser.exit(2, f"audio-ssl reproduce: error: {args.rows_file}: {err}\n")
+    if not args.smoke and not args.allow_cpu:
+        import torch
+
+        gpu_rows = [r.name for r in rows if r.gpu]
+        if gpu_rows and not torch.cuda.is_available():
+            parser.error(f"rows {gpu_rows} are the full GPU recipes (gpu: true) and this machine has no CUDA "
+                         "device: run them on a GPU machine (benchmarks/gpu/README.md), rehearse them with --smoke, "
+                         "run only the CPU rows (--rows mfcc_logreg), or pass --allow-cpu to train them here")
 
     from audio_ssl.evaluation.runner import device_description
 

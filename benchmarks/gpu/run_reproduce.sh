@@ -4,7 +4,7 @@
 # warm (the work folder $WORK, default /tmp/audio-ssl-gpu, survives between calls only then). Run from the repo root:
 #
 #   benchmarks/gpu/run_reproduce.sh [--budget SECONDS] [--rows a,b] [--rows-file F] [--parallel N] [--workers N]
-#   benchmarks/gpu/run_reproduce.sh --smoke          # same code path on CPU, generated tiny dataset, ~2 min
+#   benchmarks/gpu/run_reproduce.sh --smoke          # same code path on CPU, generated tiny dataset, ~2-5 min on 2 cores
 #
 # Needs: the data parts in .gpu/esc50/part*/ (benchmarks/gpu/pack_esc50.py) on the first call, wheels in .whl/
 # (fetch_wheels.sh) for what the machine lacks (installed once into $WORK/site, never into the system). $OUT

@@ -102,7 +102,8 @@ def test_changed_config_refuses_to_resume(tmp_path, esc50_root, cache_dir):
     config = random_config(tmp_path, esc50_root, cache_dir)
     run_cv(config, folds=[1], out=tmp_path / "results", wandb=False, analyze=False)
     with pytest.raises(ValueError, match=r"different setup: override trainer.max_epochs: <unset> there, '2' now\. "
-                                         r"Use another --name, or delete .*random to start this run again"):
+                                         r"Use another run name \(cv --name\) or results folder "
+                                         r"\(reproduce --out\), or delete .*random to start"):
         run_cv(config, folds=[1], out=tmp_path / "results", overrides=["--trainer.max_epochs", "2"],
                   wandb=False, analyze=False)
     # a run folder where nothing was trained yet (say a typo stopped it) is reused with the corrected command
@@ -438,7 +439,7 @@ def test_resume_refusal_names_the_keys_and_values_that_differ(tmp_path, esc50_ro
     message = str(info.value)
     assert "pipeline key leak: [] there, [2] now" in message
     assert "override max_clips: '10' there, '20' now" in message
-    assert "Use another --name, or delete" in message
+    assert "Use another run name (cv --name) or results folder (reproduce --out), or delete" in message
 
 
 def test_pipeline_set_is_checked_before_anything_is_written(tmp_path, monkeypatch, capsys):
