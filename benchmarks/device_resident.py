@@ -143,7 +143,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=5, help="epochs per timed pass (the time is per epoch)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", default=None, help="JSON result file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 1 <= args.fold <= ESC50DataModule.num_folds:
+        parser.error(f"--fold {args.fold}: ESC-50 has folds 1..{ESC50DataModule.num_folds}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -378,6 +378,8 @@ def test_readme_tables_render_onnx_parity_and_zoo_check_rows(tmp_path):
 def test_device_resident_benchmark_checks_and_times_both_paths(esc50_root, cache_dir, tmp_path, restore_threads):
     import device_resident
 
+    with pytest.raises(SystemExit):  # a usage error naming --fold, before anything is read
+        device_resident.parse_args(["--data-dir", str(esc50_root), "--fold", "9"])
     out = tmp_path / "dr.json"
     device_resident.main(["--data-dir", str(esc50_root), "--cache-dir", str(cache_dir), "--batch-size", "4",
                           "--num-workers", "0", "--clip-seconds", "0.5", "--repeats", "2", "--epochs", "2",

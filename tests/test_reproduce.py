@@ -123,7 +123,7 @@ def test_deadline_stops_running_python_code_and_restores_the_handler():
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def test_smoke_budget_resume_and_summary(tmp_path, monkeypatch):
+def test_smoke_budget_resume_and_summary(tmp_path, monkeypatch, capsys):
     """Four calls of `audio-ssl reproduce --smoke` on one output folder: (1) a budget that runs out after the first
     fold stops between folds (exit 3); (2) a budget that runs out inside a fold stops it there and (3) the next
     call runs it again; (3) without a
@@ -215,8 +215,10 @@ def test_smoke_budget_resume_and_summary(tmp_path, monkeypatch):
     assert tta_eval.main(["--run-dir", str(out / "sup"), "--tta-views", "3", "--tta", "shift", "--folds", "1"]) == 0
     shift = json.loads((out / "sup_tta3_shift" / "summary.json").read_text())["variants"]["default"]
     assert shift["details"]["1"]["tta"] == "shift" and "3-view circular-shift TTA" in shift["protocol"]
-    with pytest.raises(SystemExit):  # a one-line argparse error, not a traceback
-        tta_eval.main(["--run-dir", str(out / "sup"), "--tta-views", "3", "--tta-seed", "-1"])
+    for bad in (["--tta-seed", "-1"], ["--folds", "7"]):  # one-line argparse errors, not a traceback or "not finished"
+        with pytest.raises(SystemExit):
+            tta_eval.main(["--run-dir", str(out / "sup"), "--tta-views", "3", *bad])
+    assert "folds [7]: " in capsys.readouterr().err
 
 
 def test_shipped_table_smoke_runs_every_row(tmp_path, monkeypatch):

@@ -59,3 +59,19 @@ def test_gpu_rows_on_a_machine_without_cuda_are_refused_unless_allowed(tmp_path:
     err = capsys.readouterr().err
     assert "['supervised_resnet34']" in err and "no CUDA device" in err and "--allow-cpu" in err
     assert not (tmp_path / "out" / "supervised_resnet34").exists()
+
+
+def test_the_gpu_script_checks_budget_and_rows_before_any_stage(tmp_path: Path):
+    """run_reproduce.sh: a bad --budget or --rows costs no device time (exit 2 before the data stages)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
+    for args, message in ((["--budget", "abc"], "--budget abc"), (["--budget", "5"], "--budget 5"),
+                          (["--rows", "nosuch"], "unknown row(s) ['nosuch']")):
+        proc = subprocess.run(["bash", "benchmarks/gpu/run_reproduce.sh", "--smoke", *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+        assert not (tmp_path / "work").exists()  # no stage ran

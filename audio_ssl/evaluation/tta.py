@@ -60,7 +60,7 @@ def retest_with_tta(src: str | Path, tta_views: int, dst: str | Path | None = No
     finished fold of ``src``. Returns ``(summary, missing)``: the output's summary over every fold it holds
     (``None`` when it holds none) and the requested folds that ``src`` has not finished (no ``result.json`` or no
     ``final.ckpt``; they are not re-tested). Raises ValueError when ``src`` is not a plain Lightning run
-    (``pipeline: lightning``), ``tta_views < 2``, an unknown ``tta`` or a negative ``tta_seed``; FileNotFoundError when ``src`` has no ``run.json``.
+    (``pipeline: lightning``), ``tta_views < 2``, an unknown ``tta``, a negative ``tta_seed`` or a fold outside the run's; FileNotFoundError when ``src`` has no ``run.json``.
     """
     src = Path(src)
     if tta_views < 2:
@@ -87,6 +87,10 @@ def retest_with_tta(src: str | Path, tta_views: int, dst: str | Path | None = No
     run_store.open_run(dst, record)
 
     done = run_store.finished_folds(src)
+    num_folds = run_meta.get("num_folds")
+    bad = [f for f in (folds or []) if num_folds and not 1 <= f <= num_folds]
+    if bad:
+        raise ValueError(f"folds {bad}: {src} is a run over folds 1..{num_folds}")
     missing = []
     for fold in (sorted(folds) if folds else sorted(done)):
         final = run_store.fold_dir(src, fold) / FINAL_WEIGHTS

@@ -38,6 +38,19 @@ while (($#)); do
   shift
 done
 [[ -f "$ROOT/experiments/reproduce.yaml" && -d "$ROOT/audio_ssl" ]] || { echo "run this from the repo root" >&2; exit 2; }
+# options checked before any stage spends device time
+[[ "$BUDGET" =~ ^[0-9]+$ ]] || { echo "--budget $BUDGET: a whole number of seconds" >&2; exit 2; }
+((BUDGET >= 90)) || { echo "--budget $BUDGET: under 90 s leaves no time to train after the data stages" >&2; exit 2; }
+if [[ -n "$ROWS" ]]; then
+  "${PYTHON:-python3}" - "${ROWS_FILE:-$ROOT/experiments/reproduce.yaml}" "$ROWS" <<'EOF' || exit 2
+import sys, yaml
+names = [r.get("name") for r in (yaml.safe_load(open(sys.argv[1])) or {}).get("rows", [])]
+wanted = [w.strip() for w in sys.argv[2].split(",") if w.strip()]
+unknown = [w for w in wanted if w not in names]
+if unknown or not wanted:
+    sys.exit(f"--rows {sys.argv[2]!r}: unknown row(s) {unknown}; the rows of {sys.argv[1]} are {names}")
+EOF
+fi
 
 START=$(date +%s)
 PY="${PYTHON:-python3}"
