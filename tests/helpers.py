@@ -7,6 +7,7 @@
 - :func:`tiny_cv_overrides`: Lightning CLI arguments that make ``experiments/supervised_cpu.yaml`` a seconds-long
   run on the generated ESC-50 (cross-validation, probe and pipeline tests);
 - :func:`exit_code_and_output`: a command's ``main`` run in-process: ``(exit code, stdout, stderr)``;
+  :func:`exit_code`: the same, the exit code alone;
 - :func:`tiny_reproduce_rows`: a three-row table for ``audio-ssl reproduce --smoke`` (and the GPU script's smoke).
 """
 
@@ -16,7 +17,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["TINY_ENCODERS", "exit_code_and_output", "tiny_cv_overrides", "tiny_reproduce_rows", "train_tiny_classifier",
+__all__ = ["TINY_ENCODERS", "exit_code", "exit_code_and_output", "tiny_cv_overrides", "tiny_reproduce_rows", "train_tiny_classifier",
            "train_tiny_model"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,15 @@ def tiny_cv_overrides(esc50_root, cache_dir) -> list[str]:
             "--data.init_args.clip_seconds", "1.0", "--trainer.max_epochs", "1",
             "--model.init_args.encoder.init_args.widths", "[8, 16, 16, 32]",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def exit_code(main: Callable[[list[str]], object], argv: list[str]) -> int:
+    """Run ``main(argv)`` in-process; its exit status (0 unless it raised SystemExit), output left to capsys."""
+    try:
+        main(argv)
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)
+    return 0
 
 
 def exit_code_and_output(main: Callable[[list[str]], object], argv: list[str], capsys) -> tuple[int, str, str]:

@@ -5,6 +5,7 @@ call over finished rows trains nothing, and the summary puts each random-init co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import exit_code
 from helpers import tiny_reproduce_rows as tiny_rows
 
 from audio_ssl.tools import reproduce
@@ -20,12 +22,7 @@ from audio_ssl.tools.reproduce import BudgetExhausted, deadline, load_rows, seed
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 
-def run_main(argv: list[str]) -> int:
-    try:
-        reproduce.main(argv)
-    except SystemExit as exit_info:
-        return int(exit_info.code or 0)
-    return 0
+run_main = functools.partial(exit_code, reproduce.main)  # the exit status of `audio-ssl reproduce ARGV`
 
 
 # ---------------------------------------------------------------------------------------------- the row table

@@ -3,17 +3,14 @@ anything runs (exit status 2, naming the option and value), never a silent exit 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+
+from helpers import exit_code
 
 from audio_ssl.tools import reproduce
 
-
-def run_main(argv: list[str]) -> int:
-    try:
-        reproduce.main(argv)
-    except SystemExit as exit_info:
-        return int(exit_info.code or 0)
-    return 0
+run_main = functools.partial(exit_code, reproduce.main)  # the exit status of `audio-ssl reproduce ARGV`
 
 
 def test_gpu_rows_leaving_no_selected_row_is_refused(tmp_path: Path, capsys):

@@ -26,9 +26,12 @@ avoid decoding it N times).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,24 +42,20 @@ from pathlib import Path
 from audio_ssl.evaluation.lightning_stage import PARALLEL_ENV
 from audio_ssl.evaluation.runner import FoldJob, log_tail, run_fold
 
+log = logging.getLogger(__name__)
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def die_with_parent() -> None:
     """``preexec_fn`` of a fold process (Linux): it receives SIGTERM when its launcher dies, even by SIGKILL (a
     device call's timeout), so no orphaned fold keeps writing into a run folder that the next invocation is
-    running again (``prctl(PR_SET_PDEATHSIG)``). Elsewhere a no-op."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
+    running again (``prctl(PR_SET_PDEATHSIG)``). Elsewhere, or in a libc without ``prctl``, a no-op: the fold
+    then outlives a killed launcher."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # no prctl in this libc: the fold outlives a killed launcher
-        pass
-
-log = logging.getLogger(__name__)
 
 TAIL_LINES = 20
 """Lines of a failed fold's log quoted in the error."""
